@@ -1,0 +1,3 @@
+from emg_borg.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,99 @@
+"""A throwaway MariaDB server on its own datadir, socket and TCP port."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _binary(*names) -> str:
+    for name in names:
+        for directory in (None, "/usr/sbin", "/usr/bin"):
+            found = shutil.which(name, path=directory)
+            if found:
+                return found
+    raise RuntimeError(f"none of {', '.join(names)} found: install mariadb-server (apt-get install mariadb-server)")
+
+
+class MariaDB:
+    """Start with `start()`, stop with `stop()`; or use as a context manager."""
+
+    def __init__(self, base: Path, port: int | None = None, binlog: bool = True):
+        self.base = Path(base)
+        self.datadir = self.base / "data"
+        self.socket = str(self.base / "mysqld.sock")
+        self.pidfile = self.base / "mysqld.pid"
+        self.errlog = self.base / "mysqld.err"
+        self.port = port or free_port()
+        self.binlog = binlog
+        self.process: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 60) -> "MariaDB":
+        self.base.mkdir(parents=True, exist_ok=True)
+        if not self.datadir.exists():
+            subprocess.run(
+                [_binary("mariadb-install-db", "mysql_install_db"), "--no-defaults", f"--datadir={self.datadir}",
+                 "--user=root", "--auth-root-authentication-method=normal", "--skip-test-db"],
+                check=True, capture_output=True,
+            )
+        argv = [
+            _binary("mariadbd", "mysqld"), "--no-defaults", f"--datadir={self.datadir}", f"--socket={self.socket}",
+            f"--port={self.port}", "--bind-address=127.0.0.1", "--user=root", f"--pid-file={self.pidfile}",
+            f"--log-error={self.errlog}", "--innodb-buffer-pool-size=64M", "--skip-name-resolve",
+        ]
+        if self.binlog:
+            argv += ["--log-bin=binlog", "--server-id=1"]
+        self.process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"mariadbd exited early: {self.errlog.read_text()[-2000:] if self.errlog.exists() else ''}")
+            if os.path.exists(self.socket):
+                try:
+                    self.sql("SELECT 1")
+                    return self
+                except subprocess.CalledProcessError:
+                    pass
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError("mariadbd did not start in time")
+
+    def sql(self, statement: str, database: str | None = None, user: str = "root", password: str | None = None) -> str:
+        argv = [_binary("mariadb", "mysql"), "--no-defaults", f"--socket={self.socket}", f"--user={user}", "--batch", "--skip-column-names"]
+        env = dict(os.environ)
+        if password is not None:
+            env["MYSQL_PWD"] = password  # test helper only; emg-borg itself never does this
+        if database:
+            argv.append(database)
+        return subprocess.run(argv, input=statement, capture_output=True, text=True, check=True, env=env).stdout
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        self.process = None
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()

@@ -1,0 +1,251 @@
+"""Discovering where an EMG installation keeps its files, and which category each belongs to.
+
+The vendor note divides EMG's files into executables, configuration, logs and data (the spool).
+Discovery starts from server.cfg: EMGDIR is configuration as a whole; SPOOLDIR (from server.cfg)
+is data; the log directory (EMGDIR/log, `EMGLOGDIR`, a symlink followed) is logs; EMGDIR/bin is
+executables; and every file server.cfg references outside EMGDIR becomes a root of its own.
+A path belongs to the category of the longest root that contains it, so the spool inside EMGDIR
+(`/etc/emg/spool`, the vendor default) is data, not configuration.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from pathlib import Path
+
+from emg_borg.emg import servercfg
+from emg_borg.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+# server.cfg keywords whose values name files. Values of other keywords that are absolute paths
+# to existing files are picked up too, so unknown plugin options are not missed.
+FILE_KEYWORDS = {
+    "ROUTING": "config", "USERS": "config", "BLACKLIST": "config", "WHITELIST": "config",
+    "CONFIG": "config", "KEYWORDS": "config", "MAPPING": "config", "SSLCERT": "config",
+    "SSLKEY": "config", "SSLCA": "config", "CERTFILE": "config", "KEYFILE": "config",
+    "LIBRARY": "executables",
+}
+# Keywords naming directories handled on their own, never treated as referenced files.
+DIRECTORY_KEYWORDS = {"SPOOLDIR", "LOGDIR", "EMGLOGDIR"}
+KNOWN_CONFIG_FILES = ("server.cfg", "client.cfg", "license", "users", "routing")
+
+
+@dataclasses.dataclass(frozen=True)
+class Root:
+    category: str
+    path: Path
+    why: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class Reference:
+    """A file named by server.cfg."""
+
+    keyword: str
+    value: str
+    path: Path
+    line: int
+    block: str  # "" for the general section, else "KIND label"
+    category: str
+    exists: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class DbProfile:
+    label: str
+    type: str
+    host: str | None
+    port: int | None
+    user: str | None
+    password: str | None = dataclasses.field(repr=False)
+    database: str | None
+    line: int
+
+    @property
+    def is_mysql(self) -> bool:
+        return self.type.upper() in ("MYSQL", "MARIADB", "")
+
+
+@dataclasses.dataclass
+class Layout:
+    emgdir: Path
+    server_cfg: Path
+    spooldir: Path
+    logdir: Path | None
+    bindir: Path | None
+    roots: list[Root]
+    references: list[Reference]
+    known_files: dict[str, Path]
+    db: DbProfile | None
+    node_id: int | None
+
+    def roots_of(self, category: str) -> list[Root]:
+        return [r for r in self.roots if r.category == category]
+
+    def category_of(self, path) -> str | None:
+        return category_of(Path(path), self.roots)
+
+    def to_dict(self) -> dict:
+        return {
+            "emgdir": str(self.emgdir),
+            "server_cfg": str(self.server_cfg),
+            "spooldir": str(self.spooldir),
+            "logdir": str(self.logdir) if self.logdir else None,
+            "bindir": str(self.bindir) if self.bindir else None,
+            "roots": [{"category": r.category, "path": str(r.path), "why": r.why} for r in self.roots],
+            "references": [
+                {
+                    "keyword": r.keyword, "value": r.value, "path": str(r.path), "line": r.line,
+                    "block": r.block, "category": r.category, "exists": r.exists,
+                }
+                for r in self.references
+            ],
+            "known_files": {k: str(v) for k, v in self.known_files.items()},
+            "database": (
+                {
+                    "profile": self.db.label, "type": self.db.type, "host": self.db.host,
+                    "port": self.db.port, "user": self.db.user, "database": self.db.database,
+                }
+                if self.db else None
+            ),
+            "node_id": self.node_id,
+        }
+
+
+def category_of(path: Path, roots) -> str | None:
+    """The category of the longest root containing `path` (None when no root does)."""
+    best = None
+    for root in roots:
+        if _within(path, root.path) and (best is None or len(root.path.parts) > len(best.path.parts)):
+            best = root
+    return best.category if best else None
+
+
+def _within(path: Path, parent: Path) -> bool:
+    return path == parent or parent in path.parents
+
+
+def _resolve(value: str, emgdir: Path) -> Path:
+    path = Path(os.path.expanduser(value))
+    return Path(os.path.normpath(path if path.is_absolute() else emgdir / path))
+
+
+def discover(emg: dict, environ=os.environ) -> Layout:
+    """Discover the layout from the `[emg]` configuration section."""
+    emgdir = Path(os.path.normpath(emg["emgdir"]))
+    if not emgdir.is_dir():
+        raise ConfigError(f"EMGDIR {emgdir} is not a directory (set [emg] emgdir)")
+    cfg_path = _resolve(emg["server_cfg"], emgdir) if emg.get("server_cfg") else emgdir / "server.cfg"
+    cfg = servercfg.read(cfg_path)
+
+    spool_entry = cfg.entry("SPOOLDIR")
+    if emg.get("spooldir"):
+        spooldir, spool_why = _resolve(emg["spooldir"], emgdir), "[emg] spooldir"
+    elif spool_entry and spool_entry.value:
+        spooldir, spool_why = _resolve(spool_entry.value, emgdir), f"SPOOLDIR on line {spool_entry.line}"
+    else:
+        spooldir, spool_why = emgdir / "spool", "default EMGDIR/spool"
+
+    logdir, log_why = _find_logdir(emg, emgdir, environ)
+    bindir = None
+    if emg.get("bindir"):
+        bindir = _resolve(emg["bindir"], emgdir)
+    elif (emgdir / "bin").is_dir():
+        bindir = emgdir / "bin"
+
+    roots = [Root("config", emgdir, "EMGDIR")]
+    if cfg_path.parent != emgdir and not _within(cfg_path, emgdir):
+        roots.append(Root("config", cfg_path, "server.cfg outside EMGDIR"))
+    roots.append(Root("data", spooldir, spool_why))
+    if logdir is not None:
+        roots.append(Root("logs", logdir, log_why))
+    if bindir is not None:
+        roots.append(Root("executables", bindir.resolve() if bindir.is_symlink() else bindir, "EMG executables"))
+
+    references = list(_references(cfg, emgdir))
+    for ref in references:
+        if not ref.exists:
+            logger.warning(
+                "%s:%d: %s=%s names %s, which does not exist", cfg_path, ref.line, ref.keyword, ref.value, ref.path
+            )
+            continue
+        if category_of(ref.path, roots) is None or (
+            ref.category != "config" and category_of(ref.path, roots) == "config"
+        ):
+            where = f"{ref.keyword} on line {ref.line}" + (f" in {ref.block}" if ref.block else "")
+            roots.append(Root(ref.category, ref.path, where))
+
+    known = {name: emgdir / name for name in KNOWN_CONFIG_FILES if (emgdir / name).exists()}
+    node_entry = cfg.entry("NODEID")
+    node_id = None
+    if node_entry is not None:
+        try:
+            node_id = int(node_entry.value or "")
+        except ValueError:
+            raise ConfigError(f"NODEID must be an integer, got {node_entry.value!r}", cfg_path, node_entry.line)
+    return Layout(
+        emgdir=emgdir, server_cfg=cfg_path, spooldir=spooldir, logdir=logdir, bindir=bindir,
+        roots=roots, references=references, known_files=known, db=_db_profile(cfg), node_id=node_id,
+    )
+
+
+def _find_logdir(emg: dict, emgdir: Path, environ) -> tuple[Path | None, str]:
+    if emg.get("logdir"):
+        candidate, why = _resolve(emg["logdir"], emgdir), "[emg] logdir"
+    elif environ.get("EMGLOGDIR"):
+        candidate, why = _resolve(environ["EMGLOGDIR"], emgdir), "$EMGLOGDIR"
+    else:
+        candidate, why = emgdir / "log", "EMGDIR/log"
+    if candidate.is_symlink():
+        # The symlink itself stays in the config category (it is part of EMGDIR); its target
+        # holds the logs.
+        target = candidate.resolve()
+        return target, f"{why}, a symlink to {target}"
+    if candidate.is_dir():
+        return candidate, why
+    if emg.get("logdir") or environ.get("EMGLOGDIR"):
+        logger.warning("log directory %s (%s) does not exist", candidate, why)
+    return None, why
+
+
+def _references(cfg: servercfg.ServerCfg, emgdir: Path):
+    for block, entry in cfg.all_entries():
+        if entry.value is None or entry.key in DIRECTORY_KEYWORDS or not entry.value:
+            continue
+        category = FILE_KEYWORDS.get(entry.key)
+        value = entry.value
+        if category is None:
+            # Unknown keyword: only an absolute path to an existing file counts.
+            if not value.startswith("/") or not Path(value).is_file():
+                continue
+            category = "config"
+        path = _resolve(value, emgdir)
+        yield Reference(
+            entry.key, value, path, entry.line,
+            f"{block.kind} {block.label}".strip() if block else "", category, path.exists(),
+        )
+
+
+def _db_profile(cfg: servercfg.ServerCfg) -> DbProfile | None:
+    entry = cfg.entry("DBPROFILE")
+    if entry is None:
+        return None
+    if not entry.value:
+        raise ConfigError("DBPROFILE needs a value naming a DB block", cfg.path, entry.line)
+    block = cfg.block("DB", entry.value)
+    if block is None:
+        raise ConfigError(f"DBPROFILE={entry.value} names no 'DB {entry.value} <' block", cfg.path, entry.line)
+    port = block.get("PORT")
+    if port is not None:
+        try:
+            port = int(port)
+        except ValueError:
+            raise ConfigError(f"PORT must be a number, got {port!r}", cfg.path, block.entry("PORT").line)
+    return DbProfile(
+        label=block.label, type=block.get("TYPE", "MYSQL") or "", host=block.get("HOST"), port=port,
+        user=block.get("USERNAME"), password=block.get("PASSWORD"), database=block.get("DBNAME"),
+        line=block.line,
+    )

@@ -1,0 +1,1 @@
+"""Thin wrappers around the external commands emg-borg runs: one module per tool, argv as tuples."""

@@ -1,0 +1,47 @@
+"""Running external commands: logged, with one clear error line when they fail."""
+
+from __future__ import annotations
+
+import logging
+import shlex
+import subprocess
+
+from emg_borg.errors import CommandError
+
+logger = logging.getLogger(__name__)
+
+
+def describe(argv) -> str:
+    return " ".join(shlex.quote(str(a)) for a in argv)
+
+
+def last_line(text: str) -> str:
+    lines = [line.strip() for line in (text or "").splitlines() if line.strip()]
+    return lines[-1] if lines else ""
+
+
+def run(argv: tuple, *, input: str | None = None, env=None, pass_fds=(), check=True, timeout=None,
+        what: str | None = None) -> subprocess.CompletedProcess:
+    """Run `argv` and return the completed process with text stdout/stderr.
+
+    A missing executable or a non-zero exit (when `check`) raises `CommandError` whose message
+    names the command and the last line of its error output.
+    """
+    argv = tuple(str(a) for a in argv)
+    logger.debug("running: %s", describe(argv))
+    try:
+        result = subprocess.run(
+            argv, input=input, env=env, pass_fds=pass_fds, capture_output=True, text=True,
+            timeout=timeout, stdin=None if input is not None else subprocess.DEVNULL,
+        )
+    except FileNotFoundError:
+        raise CommandError(f"{argv[0]}: command not found (is it installed and on PATH?)")
+    except subprocess.TimeoutExpired:
+        raise CommandError(f"{what or argv[0]} timed out after {timeout} s: {describe(argv)}")
+    if check and result.returncode != 0:
+        reason = last_line(result.stderr) or last_line(result.stdout) or "no error output"
+        raise CommandError(
+            f"{what or describe(argv)} failed (exit {result.returncode}): {reason}",
+            result.returncode, result.stderr,
+        )
+    return result

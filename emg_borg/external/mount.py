@@ -1,0 +1,34 @@
+"""mount and umount."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from emg_borg.errors import CommandError
+from emg_borg.external.execute import run
+
+
+def mount(source: str, target: Path, *, fstype: str | None = None, options: tuple = ()) -> None:
+    Path(target).mkdir(parents=True, exist_ok=True, mode=0o700)
+    argv = ("mount",)
+    if fstype:
+        argv += ("-t", fstype)
+    if options:
+        argv += ("-o", ",".join(options))
+    run(argv + (source, str(target)), what=f"mounting {source} on {target}")
+
+
+def umount(target: Path, attempts: int = 5) -> None:
+    """Unmount, retrying briefly while the mount is busy (a reader may just be finishing)."""
+    for attempt in range(attempts):
+        try:
+            run(("umount", str(target)), what=f"unmounting {target}")
+            return
+        except CommandError as error:
+            if not os.path.ismount(target):
+                return
+            if attempt == attempts - 1:
+                raise error
+            time.sleep(0.2 * (attempt + 1))
