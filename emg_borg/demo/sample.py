@@ -42,7 +42,7 @@ class SampleEmg:
         return [self.emgdir / n for n in ("server.cfg", "client.cfg", "license", "users", "routing", "plugin.cfg")] + [self.blacklist]
 
 
-def server_cfg_text(spooldir: Path, blacklist: Path, db_port: int | None, extra: str = "") -> str:
+def server_cfg_text(spooldir: Path, blacklist: Path, db_port: int | None, extra: str = "", database: str = DB_NAME) -> str:
     db = ""
     if db_port is not None:
         db = f"""DBPROFILE=emg
@@ -51,7 +51,7 @@ HOST=127.0.0.1
 PORT={db_port}
 USERNAME={DB_USER}
 PASSWORD={DB_PASSWORD}
-DBNAME={DB_NAME}
+DBNAME={database}
 TYPE=MYSQL
 INSTANCES=4
 >
@@ -83,7 +83,8 @@ CONFIG=plugin.cfg
 {extra}"""
 
 
-def build(root, db_port: int | None = None, spooldir: Path | None = None, spool_files: int = 20) -> SampleEmg:
+def build(root, db_port: int | None = None, spooldir: Path | None = None, spool_files: int = 20,
+          database: str = DB_NAME) -> SampleEmg:
     root = Path(root)
     emgdir = root / "etc" / "emg"
     spooldir = Path(spooldir) if spooldir else root / "var" / "spool" / "emg"
@@ -91,7 +92,7 @@ def build(root, db_port: int | None = None, spooldir: Path | None = None, spool_
     for d in (emgdir / "log", emgdir / "bin", spooldir / "leveldb", blacklist.parent):
         d.mkdir(parents=True, exist_ok=True)
     sample = SampleEmg(root, emgdir, spooldir, emgdir / "log", emgdir / "bin", blacklist, emgdir / "server.cfg")
-    sample.server_cfg.write_text(server_cfg_text(spooldir, blacklist, db_port))
+    sample.server_cfg.write_text(server_cfg_text(spooldir, blacklist, db_port, database=database))
     os.chmod(sample.server_cfg, 0o600)
     (emgdir / "client.cfg").write_text("HOST=127.0.0.1\nPORT=7185\nUSERNAME=admin\nPASSWORD=adminpass\n")
     (emgdir / "license").write_text("LICENSE-KEY=EMG-7-DEMO-0000-1111-2222\nNODES=1\n")
@@ -123,23 +124,23 @@ def build(root, db_port: int | None = None, spooldir: Path | None = None, spool_
     return sample
 
 
-def load_schema(mariadb, rows: int = 50, first_id: int = 1000) -> None:
+def load_schema(mariadb, rows: int = 50, first_id: int = 1000, database: str = DB_NAME) -> None:
     """Create the `emg` database, the EMG user and some traffic in it."""
     mariadb.sql(
-        f"CREATE DATABASE IF NOT EXISTS {DB_NAME};"
+        f"CREATE DATABASE IF NOT EXISTS {database};"
         f"CREATE USER IF NOT EXISTS '{DB_USER}'@'127.0.0.1' IDENTIFIED BY '{DB_PASSWORD}';"
         f"CREATE USER IF NOT EXISTS '{DB_USER}'@'localhost' IDENTIFIED BY '{DB_PASSWORD}';"
-        f"GRANT ALL ON {DB_NAME}.* TO '{DB_USER}'@'127.0.0.1';"
-        f"GRANT ALL ON {DB_NAME}.* TO '{DB_USER}'@'localhost';"
+        f"GRANT ALL ON *.* TO '{DB_USER}'@'127.0.0.1';"
+        f"GRANT ALL ON *.* TO '{DB_USER}'@'localhost';"
         f"GRANT RELOAD, PROCESS, BINLOG MONITOR ON *.* TO '{DB_USER}'@'127.0.0.1';"
         f"GRANT RELOAD, PROCESS, BINLOG MONITOR ON *.* TO '{DB_USER}'@'localhost';"
     )
-    mariadb.sql(SCHEMA_SQL, DB_NAME)
+    mariadb.sql(SCHEMA_SQL, database)
     values = ",".join(f"({first_id + i},'mgp-in1','4670{i:07d}','4671{i:07d}',0)" for i in range(rows))
     mariadb.sql(
         f"INSERT INTO routelog (id, connector, sender, recipient, status) VALUES {values};"
         f"INSERT INTO messagebody VALUES ({first_id}, 'hello');"
         f"INSERT INTO emguser (username, password) VALUES ('admin','x');"
         f"INSERT INTO cfg_general VALUES ('version','7.2.0');",
-        DB_NAME,
+        database,
     )

@@ -1,0 +1,138 @@
+"""Shared fixtures: one throwaway MariaDB per test session, a sample EMG tree per test, a borg
+repository per test, and helpers to run emg-borg, borg and borgmatic as a user would."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from emg_borg.demo import mariadb as mariadb_module
+from emg_borg.demo import sample
+
+ROOT = Path(__file__).resolve().parent.parent
+_db_counter = itertools.count(1)
+
+
+@pytest.fixture(scope="session")
+def mariadb(tmp_path_factory):
+    server = mariadb_module.MariaDB(tmp_path_factory.mktemp("mariadb"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(autouse=True)
+def borg_environment(tmp_path_factory, monkeypatch):
+    """borg's cache, keys and security dirs in a per-session temp dir; a known passphrase."""
+    base = tmp_path_factory.getbasetemp() / "borg-base"
+    base.mkdir(exist_ok=True)
+    monkeypatch.setenv("BORG_BASE_DIR", str(base))
+    monkeypatch.setenv("BORG_PASSPHRASE", "emg-borg-test-passphrase")
+    monkeypatch.setenv("BORG_RELOCATED_REPO_ACCESS_IS_OK", "yes")
+    monkeypatch.setenv("BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK", "yes")
+    monkeypatch.delenv("BORG_REPO", raising=False)
+
+
+class Emg:
+    """A sample EMG installation with its own database and emg-borg configuration."""
+
+    def __init__(self, tmp_path: Path, mariadb, provider="none", spooldir=None, extra_config="", database=None):
+        self.tmp = tmp_path
+        self.mariadb = mariadb
+        self.database = database or f"emg_{os.getpid()}_{next(_db_counter)}"
+        port = mariadb.port if mariadb is not None else None
+        self.tree = sample.build(tmp_path / "root", db_port=port, spooldir=spooldir, database=self.database)
+        if mariadb is not None:
+            sample.load_schema(mariadb, database=self.database)
+        self.runtime = tmp_path / "runtime"
+        self.config_path = tmp_path / "emg-borg.toml"
+        self.write_config(provider, extra_config)
+        self.repo = tmp_path / "repo.borg"
+
+    def write_config(self, provider="none", extra=""):
+        self.config_path.write_text(
+            f'[emg]\nemgdir = "{self.tree.emgdir}"\n\n[backup]\nruntime_dir = "{self.runtime}"\n\n'
+            f'[snapshot]\nprovider = "{provider}"\n\n{extra}'
+        )
+
+    def emg_borg(self, *args, check=True, input=None):
+        return run_emg_borg("-c", str(self.config_path), *args, check=check, input=input)
+
+    def init_repo(self):
+        borg("init", "--encryption=repokey-blake2", str(self.repo))
+        return self.repo
+
+    def borgmatic_config(self, path: Path | None = None) -> Path:
+        """borgmatic-example.yaml with this test's paths substituted, nothing else changed."""
+        text = (ROOT / "borgmatic-example.yaml").read_text()
+        text = text.replace("/var/lib/emg-borg/patterns", str(self.runtime / "patterns"))
+        text = text.replace("/etc/emg-borg/config.toml", str(self.config_path))
+        text = text.replace("/var/backups/emg.borg", str(self.repo))
+        text = text.replace("encryption_passcommand: cat /etc/emg-borg/borg-passphrase",
+                            "encryption_passphrase: emg-borg-test-passphrase")
+        path = path or self.tmp / "borgmatic.yaml"
+        path.write_text(text)
+        return path
+
+    def borgmatic_create(self, *extra, check=True):
+        if not self.repo.exists():
+            self.init_repo()
+        return run(["borgmatic", "--config", str(self.borgmatic_config()), "create", *extra], check=check)
+
+
+def run(argv, check=True, input=None, env=None):
+    result = subprocess.run([str(a) for a in argv], capture_output=True, text=True, input=input, env=env)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{argv} exited {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}")
+    return result
+
+
+def run_emg_borg(*args, check=True, input=None):
+    return run([sys.executable, "-m", "emg_borg", *args], check=check, input=input)
+
+
+def borg(*args, check=True):
+    return run(["borg", *args], check=check)
+
+
+def borg_list(repo, archive=None) -> list[str]:
+    """Paths in an archive (or the archive names of a repository), as `borg list` shows them."""
+    target = f"{repo}::{archive}" if archive else str(repo)
+    out = borg("list", "--json-lines", target).stdout if archive else borg("list", "--json", target).stdout
+    if archive:
+        return [json.loads(line)["path"] for line in out.splitlines() if line.strip()]
+    return [a["name"] for a in json.loads(out)["archives"]]
+
+
+def borg_cat(repo, archive, path) -> bytes:
+    result = subprocess.run(["borg", "extract", "--stdout", f"{repo}::{archive}", path], capture_output=True)
+    assert result.returncode == 0, result.stderr.decode()
+    return result.stdout
+
+
+@pytest.fixture
+def emg(tmp_path, mariadb):
+    return Emg(tmp_path, mariadb)
+
+
+def leftovers(emg: Emg) -> list[str]:
+    """Anything emg-borg left behind: files in runtime_dir, mounts under the test dir."""
+    found = []
+    if emg.runtime.exists():
+        found += [str(p) for p in emg.runtime.rglob("*")]
+    mounts = subprocess.run(["findmnt", "--list", "--noheadings", "--output", "TARGET"], capture_output=True, text=True).stdout
+    found += [m for m in mounts.splitlines() if m.startswith(str(emg.tmp))]
+    return found
+
+
+def have(*commands) -> bool:
+    return all(shutil.which(c) for c in commands)

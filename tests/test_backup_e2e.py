@@ -1,0 +1,209 @@
+"""The backup path end to end: real borgmatic with borgmatic-example.yaml, real borg 1.4, a
+throwaway MariaDB, the sample EMG tree. Assertions are on what `borg list` and `borg extract`
+show, and on what is (not) left on disk."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+
+from conftest import borg_cat, borg_list, leftovers, run
+from emg_borg.demo import sample
+
+pytestmark = pytest.mark.e2e
+
+
+def rel(path) -> str:
+    return str(path).lstrip("/")
+
+
+def only_archive(emg) -> str:
+    archives = borg_list(emg.repo)
+    assert len(archives) == 1, archives
+    return archives[0]
+
+
+def test_borgmatic_create_archive_meets_contract(emg, mariadb):
+    result = emg.borgmatic_create("-v", "1")
+    assert "emg-borg: ready for borg" in result.stderr + result.stdout
+    archive = only_archive(emg)
+    paths = set(borg_list(emg.repo, archive))
+    tree = emg.tree
+
+    for path in tree.config_files():
+        assert rel(path) in paths, path
+    for name in ("general", "general.1", "debug", "connector.mgp-in1", "pdu.smpp-out1", "security"):
+        assert rel(tree.logdir / name) in paths
+    assert rel(tree.spooldir / "leveldb" / "000005.ldb") in paths
+    assert rel(tree.spooldir / "seqno.hdb") in paths
+    # executables are opt-in
+    assert not any(p.startswith(rel(tree.bindir)) for p in paths)
+    # exactly one seqno, the captured id, not the stale live one
+    assert [p for p in paths if p.endswith("/seqno")] == [rel(tree.spooldir / "seqno")]
+    assert borg_cat(emg.repo, archive, rel(tree.spooldir / "seqno")) == b"1049\n"
+
+    manifest = json.loads(borg_cat(emg.repo, archive, "emg-borg/manifest.json"))
+    for key in ("format_version", "created", "hostname", "emg_borg_version", "emgdir", "spooldir", "message_id",
+                "snapshot_provider", "freeze_window_ms", "mysql", "categories"):
+        assert key in manifest, key
+    assert manifest["message_id"] == 1049
+    assert manifest["snapshot_provider"] == "none"
+    assert manifest["created"][-6] in "+-"  # ISO 8601 with a zone
+    assert manifest["freeze_window_ms"] > 0
+    assert manifest["categories"]["config"][0] == rel(tree.emgdir)
+    assert manifest["categories"]["data"] == [rel(tree.spooldir)]
+    assert manifest["categories"]["database"] == ["emg-borg/mysql"]
+    mysql = manifest["mysql"]
+    assert mysql["database"] == emg.database and mysql["binlog_file"].startswith("binlog.")
+    assert "emg-borg/mysql/%s.sql" % emg.database in paths
+
+    dump = borg_cat(emg.repo, archive, mysql["dump"])
+    assert len(dump) == mysql["bytes"]
+    import hashlib
+    assert hashlib.sha256(dump).hexdigest() == mysql["sha256"]
+    restored = emg.database + "_restored"
+    mariadb.sql(f"CREATE DATABASE {restored}")
+    subprocess.run(["mariadb", "--no-defaults", f"--socket={mariadb.socket}", "-uroot", restored], input=dump, check=True)
+    assert mariadb.sql("SELECT COUNT(*), MAX(id) FROM routelog", restored).split() == ["50", "1049"]
+
+    # The password never lands in the archive's manifest or in the patterns, and nothing stays behind.
+    assert sample.DB_PASSWORD.encode() not in borg_cat(emg.repo, archive, "emg-borg/manifest.json")
+    assert leftovers(emg) == []
+
+
+def test_live_seqno_in_spool_is_not_written(emg):
+    before = (emg.tree.spooldir / "seqno").read_text()
+    emg.emg_borg("before-backup")
+    assert (emg.tree.spooldir / "seqno").read_text() == before
+    patterns = (emg.runtime / "patterns").read_text()
+    assert f"- pf:{emg.tree.spooldir}/seqno" in patterns
+    assert sample.DB_PASSWORD not in patterns
+    emg.emg_borg("after-backup")
+    assert leftovers(emg) == []
+
+
+def test_second_concurrent_run_fails_clearly_and_keeps_first_run_intact(emg):
+    emg.emg_borg("before-backup")
+    # A different owner process: run through a separate long-lived parent.
+    holder = subprocess.Popen(["sleep", "30"])
+    try:
+        ledger = json.loads((emg.runtime / "ledger.json").read_text())
+        lock = json.loads((emg.runtime / "lock").read_text())
+        lock["pid"] = holder.pid
+        (emg.runtime / "lock").write_text(json.dumps(lock))
+        second = emg.emg_borg("before-backup", check=False)
+        assert second.returncode == 1
+        assert "another emg-borg backup is running" in second.stderr
+        # on-error from the failed second run must not release the first run's resources
+        emg.emg_borg("on-error")
+        assert json.loads((emg.runtime / "ledger.json").read_text()) == ledger
+        assert (emg.runtime / "staging" / "emg-borg" / "manifest.json").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    emg.emg_borg("after-backup")
+    assert leftovers(emg) == []
+
+
+def test_crashed_run_leftovers_are_released_by_next_run(emg):
+    emg.emg_borg("before-backup")
+    lock = json.loads((emg.runtime / "lock").read_text())
+    lock["pid"] = 999999  # a process that does not exist: the earlier run crashed
+    (emg.runtime / "lock").write_text(json.dumps(lock))
+    result = emg.emg_borg("before-backup")
+    assert "leftovers of an earlier run" in result.stderr
+    emg.emg_borg("after-backup")
+    assert leftovers(emg) == []
+
+
+def test_after_backup_is_idempotent_and_safe_without_before(emg):
+    assert emg.emg_borg("after-backup").returncode == 0
+    emg.emg_borg("before-backup")
+    emg.emg_borg("after-backup")
+    second = emg.emg_borg("on-error")
+    assert second.returncode == 0 and "nothing to release" in second.stderr
+    assert leftovers(emg) == []
+
+
+def test_dry_run_changes_nothing(emg):
+    result = emg.emg_borg("before-backup", "--dry-run", "--json")
+    plan = json.loads(result.stdout)
+    assert plan["dry_run"] is True and plan["snapshot_provider"] == "none"
+    assert {r["category"] for r in plan["roots"]} == {"config", "data", "logs"}
+    assert not emg.runtime.exists()
+
+
+@pytest.mark.parametrize("breakage, message", [
+    ("password", "Access denied"),
+    ("missing", "server.cfg not found"),
+    ("malformed", "server.cfg:9: cannot parse"),
+    ("unreachable", "cannot connect to MySQL"),
+])
+def test_bad_input_gives_one_line_and_leaves_nothing(emg, breakage, message):
+    cfg = emg.tree.server_cfg
+    text = cfg.read_text()
+    if breakage == "password":
+        cfg.write_text(text.replace(f"PASSWORD={sample.DB_PASSWORD}", "PASSWORD=wrong"))
+    elif breakage == "missing":
+        cfg.unlink()
+    elif breakage == "malformed":
+        lines = text.splitlines()
+        lines.insert(8, "THIS LINE IS NOT EMG SYNTAX")
+        cfg.write_text("\n".join(lines) + "\n")
+    elif breakage == "unreachable":
+        cfg.write_text(text.replace(f"PORT={emg.mariadb.port}", "PORT=1"))
+    result = emg.emg_borg("before-backup", check=False)
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.splitlines() if line.startswith("emg-borg: error:")]
+    assert len(errors) == 1 and message in errors[0], result.stderr
+    assert sample.DB_PASSWORD not in result.stderr
+    assert leftovers(emg) == [], leftovers(emg)
+
+
+def test_failed_dump_fails_hook_and_borgmatic_makes_no_archive(emg, tmp_path):
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "mysqldump").write_text("#!/bin/sh\necho '-- partial dump'\necho 'mysqldump: Got error: 2013: Lost connection' >&2\nexit 2\n")
+    (fake / "mysqldump").chmod(0o755)
+    emg.write_config("none", f'[mysql]\nmysqldump = "{fake / "mysqldump"}"\n')
+    result = emg.borgmatic_create(check=False)
+    assert result.returncode != 0
+    assert "mysqldump of %s failed (exit 2): mysqldump: Got error: 2013" % emg.database in result.stderr + result.stdout
+    assert borg_list(emg.repo) == []
+    assert leftovers(emg) == []
+
+
+def test_password_never_in_argv_of_mysqldump(emg, tmp_path):
+    """A mysqldump wrapper records its argv and the options file it was given."""
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    log = tmp_path / "argv.log"
+    (fake / "mysqldump").write_text(
+        f"#!/bin/sh\necho \"$@\" >> {log}\nexec mysqldump \"$@\"\n"
+    )
+    (fake / "mysqldump").chmod(0o755)
+    emg.write_config("none", f'[mysql]\nmysqldump = "{fake / "mysqldump"}"\n')
+    emg.emg_borg("before-backup")
+    emg.emg_borg("after-backup")
+    argv = log.read_text()
+    assert "--defaults-extra-file=/dev/fd/" in argv and "--single-transaction" in argv
+    assert sample.DB_PASSWORD not in argv
+
+
+def test_discover_json(emg):
+    data = json.loads(emg.emg_borg("discover", "--json").stdout)
+    categories = {r["path"]: r["category"] for r in data["roots"]}
+    assert categories[str(emg.tree.emgdir)] == "config"
+    assert categories[str(emg.tree.spooldir)] == "data"
+    assert categories[str(emg.tree.logdir)] == "logs"
+    assert categories[str(emg.tree.blacklist)] == "config"
+    assert data["database"]["database"] == emg.database
+    assert "password" not in json.dumps(data["database"]).lower()
+
+
+def test_run_example_yaml_is_used_verbatim_apart_from_paths(emg):
+    text = emg.borgmatic_config().read_text()
+    assert "before-backup" in text and "patterns_from" in text
+    assert run(["borgmatic", "config", "validate", "--config", str(emg.borgmatic_config())]).returncode == 0
