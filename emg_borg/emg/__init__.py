@@ -1,0 +1,1 @@
+"""The EMG domain: server.cfg, the installation layout and its categories."""
