@@ -125,14 +125,47 @@ def emg(tmp_path, mariadb):
 
 
 def leftovers(emg: Emg) -> list[str]:
-    """Anything emg-borg left behind: files in runtime_dir, mounts under the test dir."""
+    """Anything emg-borg left behind: files in runtime_dir, mounts under it or named after it."""
     found = []
     if emg.runtime.exists():
         found += [str(p) for p in emg.runtime.rglob("*")]
     mounts = subprocess.run(["findmnt", "--list", "--noheadings", "--output", "TARGET"], capture_output=True, text=True).stdout
-    found += [m for m in mounts.splitlines() if m.startswith(str(emg.tmp))]
+    found += [m for m in mounts.splitlines() if m.startswith(str(emg.runtime)) or "emg-borg" in m]
     return found
 
 
 def have(*commands) -> bool:
     return all(shutil.which(c) for c in commands)
+
+
+def _umount_all_under(path: Path) -> None:
+    mounts = subprocess.run(["findmnt", "--list", "--noheadings", "--output", "TARGET"], capture_output=True, text=True).stdout
+    for target in sorted((m for m in mounts.splitlines() if m.startswith(str(path))), key=len, reverse=True):
+        if subprocess.run(["umount", target], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", target], capture_output=True)
+
+
+@pytest.fixture
+def btrfs_mount(tmp_path):
+    """A real Btrfs file system in a loop-mounted file, with a subvolume `spool`."""
+    if not have("mkfs.btrfs", "btrfs", "losetup", "mount"):
+        pytest.skip("btrfs-progs or util-linux missing (apt-get install btrfs-progs)")
+    if not Path("/dev/loop-control").exists():
+        pytest.skip("no loop devices on this machine (/dev/loop-control missing)")
+    image = tmp_path / "btrfs.img"
+    mount_point = tmp_path / "btrfs"
+    mount_point.mkdir()
+    with open(image, "wb") as f:
+        f.truncate(300 * 2**20)
+    subprocess.run(["mkfs.btrfs", "-q", str(image)], check=True, capture_output=True)
+    mounted = subprocess.run(["mount", "-o", "loop", str(image), str(mount_point)], capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot loop-mount a Btrfs image here: {mounted.stderr.strip()}")
+    try:
+        subprocess.run(["btrfs", "subvolume", "create", str(mount_point / "spool")], check=True, capture_output=True)
+        yield mount_point
+    finally:
+        _umount_all_under(tmp_path)
+        loops = subprocess.run(["losetup", "-j", str(image)], capture_output=True, text=True).stdout
+        for line in loops.splitlines():
+            subprocess.run(["losetup", "-d", line.split(":")[0]], capture_output=True)

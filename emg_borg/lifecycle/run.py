@@ -75,8 +75,9 @@ class Snapshot:
 
     `origin` is the live path the snapshot covers (a mount point or a subvolume); its content is
     visible at `base / origin` (relative), so borg reads `base/./<live path>` and archives the live
-    path. `prune` lists paths (real, on disk) that must never be archived, like the snapshot's
-    own directory inside a live root.
+    path. `prune` lists single directories (real, on disk) that must never be archived, like the
+    snapshot's own directory when a live root contains it; they are pruned by exact path, so
+    roots below them (the snapshot itself) stay.
     """
 
     provider: str

@@ -21,6 +21,7 @@ DEFAULT_PLUGINS = (
     "emg_borg.plugins.seqno",
     "emg_borg.plugins.mysql",
     "emg_borg.plugins.snapshot_none",
+    "emg_borg.plugins.btrfs",
 )
 
 

@@ -41,5 +41,5 @@ def emg_borg_backup_patterns(run):
             if other.category not in run.categories or inner != run.real_path(other.path):
                 lines.append(f"! pp:{inner}")
     if run.snapshot is not None:
-        lines.extend(f"! pp:{path}" for path in run.snapshot.prune)
+        lines.extend(f"! pf:{path}" for path in run.snapshot.prune)
     return lines

@@ -1,0 +1,86 @@
+"""The Btrfs provider for real, on a loop-mounted Btrfs file system, through real borgmatic."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+
+from conftest import Emg, borg, borg_cat, borg_list, leftovers, run
+
+pytestmark = [pytest.mark.e2e, pytest.mark.loop]
+
+
+@pytest.fixture
+def btrfs_emg(tmp_path, mariadb, btrfs_mount):
+    return Emg(tmp_path, mariadb, provider="btrfs", spooldir=btrfs_mount / "spool" / "emg")
+
+
+def subvolumes(mount) -> str:
+    return subprocess.run(["btrfs", "subvolume", "list", str(mount)], capture_output=True, text=True, check=True).stdout
+
+
+def test_archive_holds_snapshot_content_not_later_live_changes(btrfs_emg, btrfs_mount):
+    emg = btrfs_emg
+    queue = emg.tree.spooldir / "queue-0001.hdb"
+    frozen = queue.read_bytes()
+    emg.init_repo()
+    emg.emg_borg("before-backup")
+    assert ".emg-borg-snapshot" in subvolumes(btrfs_mount)
+    queue.write_bytes(b"changed after the snapshot")  # emgd keeps writing while borg reads
+    borg("create", "--patterns-from", str(emg.runtime / "patterns"), f"{emg.repo}::manual")
+    emg.emg_borg("after-backup")
+
+    spool = str(emg.tree.spooldir).lstrip("/")
+    assert borg_cat(emg.repo, "manual", f"{spool}/queue-0001.hdb") == frozen
+    paths = borg_list(emg.repo, "manual")
+    assert f"{spool}/leveldb/CURRENT" in paths
+    assert not any(".emg-borg-snapshot" in p for p in paths)
+    manifest = json.loads(borg_cat(emg.repo, "manual", "emg-borg/manifest.json"))
+    assert manifest["snapshot_provider"] == "btrfs"
+    assert manifest["consistency_lock"] == "held"
+    assert ".emg-borg-snapshot" not in subvolumes(btrfs_mount)
+    assert not (btrfs_mount / "spool" / ".emg-borg-snapshot").exists()
+    assert leftovers(emg) == []
+
+
+def test_borgmatic_auto_provider_and_unchanged_files_on_second_run(btrfs_emg, btrfs_mount, tmp_path):
+    emg = btrfs_emg
+    emg.write_config("auto")
+    config = emg.borgmatic_config()
+    config.write_text(config.read_text() + '\nextra_borg_options:\n    create: "--list --filter=AMEU"\n')
+    emg.init_repo()
+    first = run(["borgmatic", "--config", str(config), "create", "-v", "1"])
+    assert "snapshot provider auto: btrfs" in first.stderr + first.stdout
+    second = run(["borgmatic", "--config", str(config), "create", "-v", "1"])
+    output = second.stderr + second.stdout
+    spool_lines = [line for line in output.splitlines() if "/spool/emg/queue-" in line]
+    assert len(spool_lines) == 20, output
+    assert all(line.lstrip().startswith("U ") or " U " in line for line in spool_lines), spool_lines
+    assert len(borg_list(emg.repo)) == 2
+    assert ".emg-borg-snapshot" not in subvolumes(btrfs_mount)
+    assert leftovers(emg) == []
+
+
+def test_stale_snapshot_of_crashed_run_is_removed_foreign_kept(btrfs_emg, btrfs_mount):
+    emg = btrfs_emg
+    emg.emg_borg("before-backup")
+    (emg.runtime / "ledger.json").unlink()  # the crash lost even the ledger
+    (emg.runtime / "lock").unlink()
+    foreign = btrfs_mount / "someone-elses-snapshot"
+    subprocess.run(["btrfs", "subvolume", "snapshot", "-r", str(btrfs_mount / "spool"), str(foreign)], check=True)
+    result = emg.emg_borg("before-backup")
+    assert "removing leftover snapshot" in result.stderr
+    emg.emg_borg("after-backup")
+    listing = subvolumes(btrfs_mount)
+    assert "someone-elses-snapshot" in listing and ".emg-borg-snapshot" not in listing
+    assert leftovers(emg) == []
+
+
+def test_auto_refuses_a_spool_it_cannot_snapshot(emg):
+    emg.write_config("auto")
+    result = emg.emg_borg("before-backup", check=False)
+    assert result.returncode == 1
+    assert "which emg-borg cannot snapshot" in result.stderr and 'provider = "none"' in result.stderr
+    assert leftovers(emg) == []
