@@ -132,13 +132,12 @@ def load_schema(mariadb, rows: int = 50, first_id: int = 1000, database: str = D
         f"CREATE USER IF NOT EXISTS '{DB_USER}'@'localhost' IDENTIFIED BY '{DB_PASSWORD}';"
         f"GRANT ALL ON *.* TO '{DB_USER}'@'127.0.0.1';"
         f"GRANT ALL ON *.* TO '{DB_USER}'@'localhost';"
-        f"GRANT RELOAD, PROCESS, BINLOG MONITOR ON *.* TO '{DB_USER}'@'127.0.0.1';"
-        f"GRANT RELOAD, PROCESS, BINLOG MONITOR ON *.* TO '{DB_USER}'@'localhost';"
     )
     mariadb.sql(SCHEMA_SQL, database)
-    values = ",".join(f"({first_id + i},'mgp-in1','4670{i:07d}','4671{i:07d}',0)" for i in range(rows))
+    if rows:
+        values = ",".join(f"({first_id + i},'mgp-in1','4670{i:07d}','4671{i:07d}',0)" for i in range(rows))
+        mariadb.sql(f"INSERT INTO routelog (id, connector, sender, recipient, status) VALUES {values};", database)
     mariadb.sql(
-        f"INSERT INTO routelog (id, connector, sender, recipient, status) VALUES {values};"
         f"INSERT INTO messagebody VALUES ({first_id}, 'hello');"
         f"INSERT INTO emguser (username, password) VALUES ('admin','x');"
         f"INSERT INTO cfg_general VALUES ('version','7.2.0');",
