@@ -23,7 +23,6 @@ from emg_borg.errors import ConfigError
 
 DEFAULT_CONFIG_PATH = Path("/etc/emg-borg/config.toml")
 CATEGORIES = ("config", "data", "database", "logs", "executables")
-SNAPSHOT_PROVIDERS = ("auto", "btrfs", "zfs", "lvm", "none")
 LOCK_MODES = ("required", "best-effort", "none")
 
 
@@ -60,8 +59,7 @@ SCHEMA: dict[str, dict[str, Option]] = {
         "provider": Option(
             str, "auto",
             "auto picks btrfs, zfs or lvm by the file system holding SPOOLDIR; none backs up the "
-            "live spool (not consistent).",
-            choices=SNAPSHOT_PROVIDERS,
+            "live spool (not consistent). A plugin may add providers.",
         ),
         "lvm_snapshot_size": Option(str, "10%ORIGIN", "lvcreate --extents (with %) or --size for LVM snapshots."),
     },

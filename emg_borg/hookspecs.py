@@ -45,6 +45,11 @@ def emg_borg_cleanup_stale(run: BackupRun) -> None:
     emg-borg's name. Log each removal. Never touch anything that is not emg-borg's."""
 
 
+@hookspec
+def emg_borg_snapshot_providers() -> list[str]:
+    """Name the snapshot providers this plugin offers (values of `[snapshot] provider`)."""
+
+
 @hookspec(firstresult=True)
 def emg_borg_snapshot_provider(run: BackupRun, filesystem: str) -> str | None:
     """Name the snapshot provider able to snapshot `filesystem` (a `findmnt` FSTYPE such as

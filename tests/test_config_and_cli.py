@@ -29,7 +29,7 @@ def test_defaults(tmp_path):
     ('[emg]\nemgdir = "/x"\nspool = "/y"\n', 3, "emg.spool", "unknown key"),
     ('[backup]\n\ncategories = ["config", "mail"]\n', 3, "backup.categories", "unknown item 'mail'"),
     ("[seqno]\nmargin = \"ten\"\n", 2, "seqno.margin", "expected a integer"),
-    ('[snapshot]\nprovider = "xfs"\n', 2, "snapshot.provider", "must be one of"),
+    ('[mysql]\nlock = "maybe"\n', 2, "mysql.lock", "must be one of"),
     ("[mysql]\nlock_timeout = 0\n", 2, "mysql.lock_timeout", "must be positive"),
     ("[mysql]\nenabled = 1\n", 2, "mysql.enabled", "expected a boolean"),
 ])

@@ -70,6 +70,12 @@ def resolve_provider(run: BackupRun) -> str:
     """The snapshot provider to use: the configured one, or for `auto` the one matching the file
     system that holds SPOOLDIR."""
     provider = run.config["snapshot"]["provider"]
+    known = sorted({name for names in run.hook.emg_borg_snapshot_providers() for name in names or ()})
+    if provider != "auto" and provider not in known:
+        raise ConfigError(
+            f"unknown snapshot provider {provider!r}; known: auto, {', '.join(known)}",
+            run.config.path, None, "snapshot.provider",
+        )
     if provider != "auto":
         return provider
     spooldir = run.layout.spooldir
@@ -228,7 +234,7 @@ def write_manifest(run: BackupRun) -> dict:
         "snapshot": run.snapshot.to_dict() if run.snapshot else None,
         "consistency_lock": run.lock_state,
         "freeze_window_ms": run.freeze_window_ms,
-        "mysql": run.dump_results[0] if run.dump_results else None,
+        "mysql": None,  # filled in by the database plugin
         "categories": archived_categories(run),
         "excluded_categories": [c for c in ("config", "data", "database", "logs", "executables") if c not in run.categories],
     }

@@ -25,6 +25,11 @@ SNAPSHOT_DIR = ".emg-borg-snapshot"
 
 
 @hookimpl
+def emg_borg_snapshot_providers():
+    return [NAME]
+
+
+@hookimpl
 def emg_borg_snapshot_provider(run, filesystem):
     return NAME if filesystem == "btrfs" else None
 

@@ -9,13 +9,15 @@ is measured and lands in the manifest as `freeze_window_ms`.
 
 How the dump's transaction start is observed: mysqldump opens a new connection (its thread id is
 above every id seen before it started) as the dump user and runs `START TRANSACTION WITH
-CONSISTENT SNAPSHOT`, which shows in `information_schema.INNODB_TRX`. A small dump may even end
+CONSISTENT SNAPSHOT`; the statements it sends next show in `information_schema.PROCESSLIST`, and
+its transaction in `information_schema.INNODB_TRX` (see `_DumpWatch`). A small dump may even end
 inside the window; its exit says the same.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import threading
@@ -162,19 +164,25 @@ def emg_borg_hold_consistency_point(run):
     return _global_read_lock(run)
 
 
-@hookimpl
-def emg_borg_capture_message_id(run):
-    if not enabled(run.config, run.layout):
-        return None
-    section = run.config["seqno"]
+def _message_id_query(config, node_id):
+    """The [seqno] query, limited to this node's ids when NODEID is set: (query, args, low, high)."""
+    section = config["seqno"]
     query, args = section["query"], None
     low = high = None
-    if run.layout.node_id is not None:
-        low, high = node_range(run.layout.node_id, section["node_digits"])
+    if node_id is not None:
+        low, high = node_range(node_id, section["node_digits"])
         if query == DEFAULT_QUERY:
             query = DEFAULT_QUERY + " WHERE id BETWEEN %(node_min)s AND %(node_max)s"
     if "%(" in query:
         args = {"node_min": low if low is not None else 0, "node_max": high if high is not None else 2**63 - 1}
+    return query, args, low, high
+
+
+@hookimpl
+def emg_borg_capture_message_id(run):
+    if not enabled(run.config, run.layout):
+        return None
+    query, args, low, high = _message_id_query(run.config, run.layout.node_id)
     connection = _session(run)
     try:
         row = _query_one(connection, query, args)
@@ -198,14 +206,44 @@ def emg_borg_capture_message_id(run):
     return value
 
 
-def _dump_started(connection, watermark: int, user: str | None) -> bool:
-    row = _query_one(
-        connection,
-        "SELECT COUNT(*) FROM information_schema.INNODB_TRX t JOIN information_schema.PROCESSLIST p "
-        "ON p.ID = t.trx_mysql_thread_id WHERE t.trx_mysql_thread_id > %s AND (%s IS NULL OR p.USER = %s)",
-        (watermark, user, user),
-    )
-    return bool(row and row[0])
+# Statements mysqldump --single-transaction sends only after its START TRANSACTION WITH
+# CONSISTENT SNAPSHOT has returned: seeing one of them on the dump's connection proves its
+# snapshot has begun.
+_AFTER_SNAPSHOT = ("UNLOCK TABLES", "SHOW MASTER STATUS", "SHOW BINLOG STATUS", "SET OPTIMIZER_SWITCH",
+                   "SELECT LOGFILE_GROUP_NAME", "SELECT DISTINCT TABLESPACE_NAME", "SAVEPOINT", "SHOW FULL TABLES",
+                   "SHOW TABLES", "SHOW CREATE", "SELECT /*!40001 SQL_NO_CACHE */", "ROLLBACK TO SAVEPOINT")
+# InnoDB refreshes information_schema.INNODB_TRX at most every 100 ms, so it is only the slower
+# second witness.
+_TRX_CACHE_SECONDS = 0.11
+
+
+class _DumpWatch:
+    """Decides when the dump's transaction snapshot has begun, from the server's point of view."""
+
+    def __init__(self, connection, user):
+        self.connection, self.user = connection, user
+        self.watermark = _query_one(connection, "SELECT MAX(ID) FROM information_schema.PROCESSLIST")[0] or 0
+        self.next_trx_check = time.monotonic() + _TRX_CACHE_SECONDS
+
+    def started(self) -> bool:
+        with self.connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT COMMAND, INFO FROM information_schema.PROCESSLIST WHERE ID > %s AND (%s IS NULL OR USER = %s)",
+                (self.watermark, self.user, self.user),
+            )
+            for command, info in cursor.fetchall():
+                if command == "Init DB" or (info and info.lstrip().upper().startswith(_AFTER_SNAPSHOT)):
+                    return True
+        if time.monotonic() >= self.next_trx_check:
+            self.next_trx_check = time.monotonic() + _TRX_CACHE_SECONDS
+            row = _query_one(
+                self.connection,
+                "SELECT COUNT(*) FROM information_schema.INNODB_TRX t JOIN information_schema.PROCESSLIST p "
+                "ON p.ID = t.trx_mysql_thread_id WHERE t.trx_mysql_thread_id > %s AND (%s IS NULL OR p.USER = %s)",
+                (self.watermark, self.user, self.user),
+            )
+            return bool(row and row[0])
+        return False
 
 
 @hookimpl
@@ -214,7 +252,7 @@ def emg_borg_begin_dumps(run):
         return None
     connection = _session(run)
     settings = _state(run)["settings"]
-    watermark = _query_one(connection, "SELECT MAX(ID) FROM information_schema.PROCESSLIST")[0] or 0
+    watch = _DumpWatch(connection, settings.user)
     run.runtime.dumps.mkdir(parents=True, exist_ok=True, mode=0o700)
     path = run.runtime.dumps / f"{settings.database}.sql"
     stack = contextlib.ExitStack()
@@ -230,7 +268,7 @@ def emg_borg_begin_dumps(run):
     _state(run)["dump"] = dump
     deadline = time.monotonic() + float(run.config["mysql"]["lock_timeout"])
     while True:
-        if dump.poll() is not None or _dump_started(connection, watermark, settings.user):
+        if dump.poll() is not None or watch.started():
             break
         if time.monotonic() > deadline:
             dump.abort()
@@ -273,9 +311,108 @@ def emg_borg_finish_dumps(run):
 
 
 @hookimpl
+def emg_borg_manifest_fields(run):
+    if not run.dump_results:
+        return None
+    return {"mysql": run.dump_results[0], "databases": run.dump_results}
+
+
+@hookimpl
 def emg_borg_release(run):
     # The dump and connection live in the before-backup process only; on failure, stop them.
     dump = _state(run).pop("dump", None)
     if dump is not None:
         dump.abort()
     _close(run)
+
+
+# Restore: the live message id, and loading the archived dump.
+
+
+def quote_name(name: str) -> str:
+    """A MySQL identifier in backquotes, safe for any database name."""
+    return "`" + name.replace("`", "``") + "`"
+
+
+def server_connection(settings: mysql.Connection):
+    """A connection to the server with no database selected (the database may not exist yet)."""
+    return mysql.connect(dataclasses.replace(settings, database=""))
+
+
+def table_count(connection, database: str) -> int | None:
+    """How many tables `database` has, or None when it does not exist."""
+    if not _query_one(connection, "SELECT COUNT(*) FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = %s", (database,))[0]:
+        return None
+    return int(_query_one(connection, "SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = %s", (database,))[0])
+
+
+def load_into(config, settings: mysql.Connection, dump_path, connection) -> int:
+    """Create `settings.database` if missing, load the dump into it, and return its table count."""
+    with connection.cursor() as cursor:
+        cursor.execute(f"CREATE DATABASE IF NOT EXISTS {quote_name(settings.database)}")
+    logger.info("loading %s into %s", Path(dump_path).name, settings.describe())
+    mysql.load_dump(config["mysql"]["mysql"], settings, dump_path, settings.database)
+    return table_count(connection, settings.database) or 0
+
+
+@hookimpl
+def emg_borg_live_message_id(restore):
+    if not enabled(restore.config, restore.layout):
+        return None
+    settings = connection_settings(restore.config, restore.layout)
+    try:
+        connection = server_connection(settings)
+    except EmgBorgError as error:
+        logger.warning("cannot read the live message id: %s", error)
+        return None
+    try:
+        if not table_count(connection, settings.database):
+            logger.info("live database %s does not exist or is empty: no live message id", settings.database)
+            return None
+        connection.select_db(settings.database)
+        query, args, _, _ = _message_id_query(restore.config, restore.layout.node_id)
+        try:
+            row = _query_one(connection, query, args)
+        except Exception as error:  # noqa: BLE001 - a missing table is as good as no id
+            logger.warning("cannot read the live message id: [seqno] query %r failed: %s", query, error)
+            return None
+        return int(row[0]) if row and row[0] is not None else None
+    finally:
+        connection.close()
+
+
+@hookimpl
+def emg_borg_restore_database(restore):
+    if not enabled(restore.config, restore.layout) or not restore.manifest.get("mysql"):
+        return None
+    settings = connection_settings(restore.config, restore.layout)
+    try:
+        connection = server_connection(settings)
+    except EmgBorgError as error:
+        if restore.load_database:
+            raise
+        logger.warning("database not restored: %s", error)
+        restore.todo(f"load the database dump once MySQL runs: emg-borg restore --archive {restore.archive.name} "
+                     f"--categories database --database")
+        return True
+    try:
+        tables = table_count(connection, settings.database)
+        if tables:
+            if not restore.load_database:
+                restore.done(f"left the database {settings.database} as it is: it has {tables} tables "
+                             f"(--database --force-database replaces them with the archived dump)")
+                return True
+            if not restore.force_database:
+                raise EmgBorgError(
+                    f"database {settings.database} on {settings.describe()} has {tables} tables; refusing to load the "
+                    f"archived dump over it without --force-database"
+                )
+        if restore.dry_run:
+            restore.done(f"would load the dump into {settings.describe()}")
+            return True
+        loaded = load_into(restore.config, settings, restore.fetch_dump(), connection)
+        restore.done(f"loaded the dump of {restore.manifest['mysql'].get('database')} into {settings.describe()} "
+                     f"({loaded} tables)")
+        return True
+    finally:
+        connection.close()

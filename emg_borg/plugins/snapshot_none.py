@@ -13,6 +13,11 @@ from emg_borg.hookspecs import hookimpl
 logger = logging.getLogger(__name__)
 
 
+@hookimpl
+def emg_borg_snapshot_providers():
+    return ["none"]
+
+
 @hookimpl(trylast=True)
 def emg_borg_take_snapshot(run, provider):
     if provider != "none":
