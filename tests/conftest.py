@@ -169,3 +169,19 @@ def btrfs_mount(tmp_path):
         loops = subprocess.run(["losetup", "-j", str(image)], capture_output=True, text=True).stdout
         for line in loops.splitlines():
             subprocess.run(["losetup", "-d", line.split(":")[0]], capture_output=True)
+
+
+def borg_extract_all(repo, archive, destination: Path) -> Path:
+    """Everything in an archive, extracted into `destination` with plain borg."""
+    destination.mkdir(parents=True, exist_ok=True)
+    result = subprocess.run(["borg", "extract", f"{repo}::{archive}"], cwd=destination, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    return destination
+
+
+def borg_create_from(repo, archive, directory: Path) -> None:
+    """An archive made with plain borg from the top-level entries of `directory`, so that its
+    paths are relative like those of an emg-borg archive."""
+    entries = sorted(p.name for p in directory.iterdir())
+    result = subprocess.run(["borg", "create", f"{repo}::{archive}", *entries], cwd=directory, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr

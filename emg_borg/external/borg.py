@@ -1,7 +1,9 @@
 """borg 1.4: listing archives, reading one file of an archive, extracting with patterns.
 
 Errors become one line: borg's own last error line (e.g. "Repository ... does not exist.",
-"passphrase supplied in BORG_PASSPHRASE ... is incorrect").
+"passphrase supplied in BORG_PASSPHRASE ... is incorrect"). Every wrapper takes an optional `env`
+for the borg process, which is how a passphrase taken from a borgmatic configuration reaches borg
+without appearing in argv.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import subprocess
+from collections.abc import Callable
 
 from emg_borg.errors import CommandError
 from emg_borg.external.execute import describe, last_line, run
@@ -20,22 +23,79 @@ BORG = "borg"
 
 def _error(what: str, result) -> CommandError:
     stderr = result.stderr if isinstance(result.stderr, str) else result.stderr.decode(errors="replace")
-    return CommandError(f"{what} failed (exit {result.returncode}): {last_line(stderr) or 'no error output'}", result.returncode, stderr)
+    return CommandError(f"{what} failed (exit {result.returncode}): {error_line(stderr) or 'no error output'}", result.returncode, stderr)
 
 
-def list_archives(repository: str) -> list[dict]:
+def error_line(stderr: str) -> str:
+    """borg's last error, from plain or `--log-json` output."""
+    errors = []
+    for line in stderr.splitlines():
+        try:
+            message = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(message, dict) and message.get("type") == "log_message" and message.get("levelname") in ("ERROR", "CRITICAL"):
+            errors.append(message.get("message", "").strip())
+    return errors[-1] if errors else last_line(stderr)
+
+
+def list_archives(repository: str, env=None) -> list[dict]:
     """Archives of a repository, oldest first, each with `name`, `start`, `time`, `id`."""
-    result = run((BORG, "list", "--json", repository), check=False)
+    result = run((BORG, "list", "--json", repository), check=False, env=env)
     if result.returncode != 0:
         raise _error(f"borg list {repository}", result)
     return json.loads(result.stdout)["archives"]
 
 
-def read_file(repository: str, archive: str, path: str) -> bytes | None:
+def list_items(repository: str, archive: str, patterns_from, env=None) -> list[dict]:
+    """The items of an archive that a patterns file selects, as `borg list --json-lines` gives them."""
+    argv = (BORG, "list", "--json-lines", "--patterns-from", str(patterns_from), f"{repository}::{archive}")
+    result = run(argv, check=False, env=env)
+    if result.returncode != 0:
+        raise _error(f"borg list {archive}", result)
+    return [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
+
+
+def extract(repository: str, archive: str, patterns_from, destination, progress: Callable | None = None, env=None) -> int:
+    """Extract what a patterns file selects into `destination` (borg extracts into its working
+    directory). `progress(message)` receives each `progress_percent` message of borg's
+    `--log-json` output. Returns the number of items extracted."""
+    argv = (BORG, "--log-json", "extract", "--list", "--progress", "--patterns-from", str(patterns_from),
+            f"{repository}::{archive}")
+    logger.debug("running: %s (in %s)", describe(argv), destination)
+    process = subprocess.Popen(
+        argv, cwd=destination, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE, text=True, errors="replace",
+    )
+    items, other = 0, []
+    for line in process.stderr:
+        try:
+            message = json.loads(line)
+        except ValueError:
+            other.append(line)
+            continue
+        if message.get("type") == "progress_percent" and progress is not None:
+            progress(message)
+        elif message.get("name") == "borg.output.list":
+            items += 1
+        else:
+            other.append(line)
+    process.wait()
+    if process.returncode not in (0, 1):  # 1 is a warning (e.g. a file that could not be chowned)
+        raise CommandError(
+            f"borg extract {archive} failed (exit {process.returncode}): {error_line(''.join(other)) or 'no error output'}",
+            process.returncode, "".join(other),
+        )
+    if process.returncode == 1:
+        logger.warning("borg extract %s: %s", archive, error_line("".join(other)) or "finished with warnings")
+    return items
+
+
+def read_file(repository: str, archive: str, path: str, env=None) -> bytes | None:
     """The content of one file of an archive, or None when the archive has no such file."""
     argv = (BORG, "extract", "--stdout", f"{repository}::{archive}", path)
     logger.debug("running: %s", describe(argv))
-    result = subprocess.run(argv, capture_output=True, stdin=subprocess.DEVNULL)
+    result = subprocess.run(argv, capture_output=True, stdin=subprocess.DEVNULL, env=env)
     if result.returncode == 0:
         return result.stdout
     stderr = result.stderr.decode(errors="replace")

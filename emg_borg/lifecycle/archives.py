@@ -1,0 +1,213 @@
+"""Finding the repository and choosing an emg-borg archive in it.
+
+Every restore-side command names its archive the same way: `--repository` (else the first
+repository of `--borgmatic-config`, else `$BORG_REPO`), then `--archive NAME`, `--archive latest`
+(the default) or `--at WHEN`. Only archives that carry `emg-borg/manifest.json` count: a
+repository may also hold archives of other hosts or made without emg-borg, and those cannot be
+restored by category.
+
+Times: borg reports an archive's start time in local time without a zone, to the second; WHEN is
+read with python-dateutil and taken as local time unless it names a zone. An archive started at
+14:00:00 is "at or before 14:00".
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime
+import json
+import logging
+import os
+from pathlib import Path
+
+from dateutil import parser as date_parser
+
+from emg_borg.errors import EmgBorgError, UsageError
+from emg_borg.external import borg
+from emg_borg.lifecycle.backup import MANIFEST_ARCHIVE_PATH
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class Repository:
+    """A borg repository and the environment its borg processes need (a passphrase taken from a
+    borgmatic configuration travels here, never in argv)."""
+
+    location: str
+    env: dict | None = dataclasses.field(default=None, repr=False)
+
+    def __post_init__(self):
+        # borg runs in the extraction directory, so a relative local path must be made absolute;
+        # `ssh://...` and scp-style `host:path` locations stay as they are.
+        if ":" not in self.location:
+            object.__setattr__(self, "location", os.path.abspath(self.location))
+
+    def __str__(self) -> str:
+        return self.location
+
+
+@dataclasses.dataclass
+class Archive:
+    name: str
+    time: datetime.datetime
+    manifest: dict
+
+    def summary(self) -> dict:
+        """What `emg-borg archives` shows of an archive."""
+        mysql = self.manifest.get("mysql") or {}
+        return {
+            "name": self.name,
+            "time": self.time.isoformat(timespec="seconds"),
+            "created": self.manifest.get("created"),
+            "hostname": self.manifest.get("hostname"),
+            "message_id": self.manifest.get("message_id"),
+            "snapshot_provider": self.manifest.get("snapshot_provider"),
+            "freeze_window_ms": self.manifest.get("freeze_window_ms"),
+            "dump_bytes": mysql.get("bytes"),
+            "categories": sorted(self.manifest.get("categories") or {}),
+        }
+
+
+def _load_yaml(path: Path):
+    text = path.read_text()
+    try:
+        from ruamel.yaml import YAML  # borgmatic's own YAML library, present wherever it is
+    except ImportError:
+        import yaml  # PyYAML, when borgmatic runs from elsewhere
+
+        return yaml.safe_load(text)
+    return YAML(typ="safe", pure=True).load(text)
+
+
+def borgmatic_repository(path) -> Repository:
+    """The first repository of a borgmatic configuration, with its passphrase settings turned into
+    `BORG_PASSPHRASE`/`BORG_PASSCOMMAND` for borg unless the environment already has them."""
+    path = Path(path)
+    try:
+        data = _load_yaml(path)
+    except OSError as error:
+        raise UsageError(f"cannot read borgmatic configuration {path}: {error.strerror}")
+    except Exception as error:  # noqa: BLE001 - both YAML libraries raise their own error types
+        raise UsageError(f"cannot parse borgmatic configuration {path}: {str(error).splitlines()[0]}")
+    # borgmatic 1.x nested options in sections; 2.x keeps them at the top level.
+    sections = [data or {}] + [(data or {}).get(k) or {} for k in ("location", "storage")]
+    repositories = next((s["repositories"] for s in sections if s.get("repositories")), None)
+    if not repositories:
+        raise UsageError(f"borgmatic configuration {path} lists no repositories")
+    first = repositories[0]
+    location = os.path.expandvars(first["path"] if isinstance(first, dict) else str(first))
+    env = None
+    if not any(os.environ.get(v) for v in ("BORG_PASSPHRASE", "BORG_PASSCOMMAND", "BORG_PASSPHRASE_FD")):
+        passphrase = next((s.get("encryption_passphrase") for s in sections if s.get("encryption_passphrase")), None)
+        passcommand = next((s.get("encryption_passcommand") for s in sections if s.get("encryption_passcommand")), None)
+        if passphrase is not None:
+            env = {**os.environ, "BORG_PASSPHRASE": os.path.expandvars(str(passphrase))}
+        elif passcommand is not None:
+            env = {**os.environ, "BORG_PASSCOMMAND": str(passcommand)}
+    return Repository(location, env)
+
+
+def resolve_repository(args) -> Repository:
+    if getattr(args, "repository", None):
+        return Repository(args.repository)
+    if getattr(args, "borgmatic_config", None):
+        return borgmatic_repository(args.borgmatic_config)
+    if os.environ.get("BORG_REPO"):
+        return Repository(os.environ["BORG_REPO"])
+    raise UsageError("no repository: pass --repository REPO or --borgmatic-config FILE, or set BORG_REPO")
+
+
+def parse_when(text: str) -> datetime.datetime:
+    """A point in time from `--at`: ISO 8601 or `2026-11-20 14:00`, local time unless zoned."""
+    try:
+        when = date_parser.parse(text)
+    except (ValueError, OverflowError):
+        raise UsageError(f"--at {text!r}: not a date and time (try '2026-11-20 14:00' or ISO 8601)")
+    return when.astimezone() if when.tzinfo is None else when
+
+
+def archive_time(entry: dict) -> datetime.datetime:
+    """borg's start time of an archive (local, without zone) as an aware datetime, to the second."""
+    naive = datetime.datetime.fromisoformat(entry.get("start") or entry["time"])
+    return naive.replace(microsecond=0).astimezone()
+
+
+def read_manifest(repository: Repository, name: str) -> dict | None:
+    data = borg.read_file(repository.location, name, MANIFEST_ARCHIVE_PATH, env=repository.env)
+    if data is None:
+        return None
+    try:
+        return json.loads(data)
+    except ValueError:
+        logger.warning("archive %s: %s is not valid JSON; skipping it", name, MANIFEST_ARCHIVE_PATH)
+        return None
+
+
+def _newest_first(repository: Repository) -> list[tuple[str, datetime.datetime]]:
+    entries = borg.list_archives(repository.location, env=repository.env)
+    return sorted(((e["name"], archive_time(e)) for e in entries), key=lambda item: item[1], reverse=True)
+
+
+def emg_archives(repository: Repository) -> list[Archive]:
+    """Every emg-borg archive of the repository, newest first (one borg call per archive)."""
+    found = []
+    for name, time in _newest_first(repository):
+        manifest = read_manifest(repository, name)
+        if manifest is not None:
+            found.append(Archive(name, time, manifest))
+    return found
+
+
+def select(args) -> tuple[Repository, Archive]:
+    """The repository and the archive that `--archive`/`--at` name."""
+    # Parse what can be parsed before asking borg anything, so bad input changes nothing.
+    when = parse_when(args.at) if getattr(args, "at", None) else None
+    repository = resolve_repository(args)
+    wanted = getattr(args, "archive", None)
+    candidates = _newest_first(repository)
+    if wanted and wanted != "latest":
+        match = next(((n, t) for n, t in candidates if n == wanted), None)
+        if match is None:
+            raise UsageError(f"archive {wanted!r} not found in {repository}")
+        manifest = read_manifest(repository, wanted)
+        if manifest is None:
+            raise UsageError(f"archive {wanted!r} has no {MANIFEST_ARCHIVE_PATH}: it was not made by emg-borg")
+        return repository, Archive(wanted, match[1], manifest)
+    if when is not None:
+        earlier = [(n, t) for n, t in candidates if t <= when]
+        if not earlier:
+            first = f"; the first archive is from {candidates[-1][1].isoformat(timespec='seconds')}" if candidates else ""
+            raise UsageError(f"no archive in {repository} at or before {when.isoformat(timespec='seconds')}{first}")
+        candidates = earlier
+    for name, time in candidates:
+        manifest = read_manifest(repository, name)
+        if manifest is not None:
+            logger.info("archive %s (%s, message id %s)", name, time.isoformat(timespec="seconds"), manifest.get("message_id"))
+            return repository, Archive(name, time, manifest)
+        logger.debug("archive %s has no %s; skipped", name, MANIFEST_ARCHIVE_PATH)
+    where = f" at or before {when.isoformat(timespec='seconds')}" if when else ""
+    raise UsageError(f"no emg-borg archive in {repository}{where} (archives without {MANIFEST_ARCHIVE_PATH} do not count)")
+
+
+@contextlib.contextmanager
+def patterns_file(lines, directory=None):
+    """A private temporary borg patterns file holding `lines`, removed afterwards."""
+    import tempfile
+
+    fd, name = tempfile.mkstemp(prefix="emg-borg-patterns-", dir=directory)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write("\n".join(lines) + "\n")
+        yield Path(name)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(name)
+
+
+def ensure_manifest_categories(archive: Archive) -> dict:
+    categories = archive.manifest.get("categories")
+    if not isinstance(categories, dict) or not categories:
+        raise EmgBorgError(f"archive {archive.name}: its manifest lists no categories")
+    return categories

@@ -1,0 +1,161 @@
+"""Extracting categories of an emg-borg archive: into a directory, or over the live paths.
+
+borg extracts into its working directory, so "into DIR" is borg run in DIR, and "in place" is
+borg run in `/` (or in the test tree standing in for it). What to extract is always a borg
+patterns file built from the manifest's roots (`emg_borg.emg.categories`), so the extraction, the
+dry-run listing and `emg-borg patterns` agree on every path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from pathlib import Path
+
+from emg_borg.emg import categories as category_module
+from emg_borg.errors import EmgBorgError, UsageError
+from emg_borg.external import borg
+from emg_borg.lifecycle.archives import Archive, Repository, ensure_manifest_categories, patterns_file
+
+logger = logging.getLogger(__name__)
+
+PROGRESS_INTERVAL = 5.0  # seconds between progress lines of a long extraction
+
+
+def present(archive: Archive, selected) -> tuple:
+    """The selected categories the archive holds; warns about the others, fails if none is left."""
+    manifest_categories = ensure_manifest_categories(archive)
+    absent = category_module.missing(manifest_categories, selected)
+    for category in absent:
+        logger.warning("archive %s holds no %s (left out at backup time)", archive.name, category)
+    kept = tuple(c for c in selected if c not in absent)
+    if not kept:
+        raise UsageError(f"archive {archive.name} holds none of the selected categories ({', '.join(selected)})")
+    return kept
+
+
+def pattern_text(archive: Archive, selected) -> str:
+    """A commented borg patterns file extracting the selected categories of `archive`."""
+    from emg_borg import __version__
+
+    lines = [
+        f"# borg patterns selecting {', '.join(selected)} of archive {archive.name} (emg-borg {__version__})",
+        "# use: borg extract --patterns-from THIS-FILE REPOSITORY::ARCHIVE (run in the target directory)",
+        *category_module.pattern_lines(ensure_manifest_categories(archive), selected),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def plan(repository: Repository, archive: Archive, selected) -> dict[str, list[dict]]:
+    """What an extraction would write, by category: borg's own listing through the same patterns."""
+    manifest_categories = ensure_manifest_categories(archive)
+    by_category: dict[str, list[dict]] = {c: [] for c in selected}
+    with patterns_file(category_module.pattern_lines(manifest_categories, selected)) as patterns:
+        items = borg.list_items(repository.location, archive.name, patterns, env=repository.env)
+    for item in items:
+        category = category_module.category_of(item["path"], manifest_categories)
+        by_category.setdefault(category or "other", []).append(
+            {"path": item["path"], "type": item.get("type"), "size": item.get("size", 0)}
+        )
+    return by_category
+
+
+class Progress:
+    """Turns borg's progress messages into a log line every `interval` seconds."""
+
+    def __init__(self, what: str, interval: float = PROGRESS_INTERVAL):
+        self.what, self.interval = what, interval
+        self.started = self.last = time.monotonic()
+
+    def __call__(self, message: dict) -> None:
+        now = time.monotonic()
+        if message.get("finished") or now - self.last < self.interval:
+            return
+        self.last = now
+        current, total = message.get("current") or 0, message.get("total") or 0
+        if total:
+            info = message.get("info") or [""]
+            logger.info("%s: %.0f%% (%s of %s) %s", self.what, 100 * current / total, _size(current), _size(total), info[0])
+        else:
+            logger.info("%s: %s", self.what, (message.get("message") or "working").strip())
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+def extract(repository: Repository, archive: Archive, selected, destination: Path) -> int:
+    """Extract the selected categories into `destination` (which must exist). Returns the number
+    of items borg extracted."""
+    lines = category_module.pattern_lines(ensure_manifest_categories(archive), selected)
+    progress = Progress(f"extracting {', '.join(selected)} from {archive.name}")
+    logger.info("extracting %s from %s into %s", ", ".join(selected), archive.name, destination)
+    with patterns_file(lines) as patterns:
+        items = borg.extract(repository.location, archive.name, patterns, destination, progress, env=repository.env)
+    logger.info("extracted %d items in %.1f s", items, progress.elapsed())
+    return items
+
+
+def check_destination(destination: str | None, in_place: bool) -> Path | None:
+    """The destination directory to extract into, checked before anything is read or written;
+    None when a new directory is to be made once the archive is known."""
+    if destination is None:
+        return Path("/") if in_place else None
+    path = Path(destination).resolve()
+    if path == Path("/") and not in_place:
+        raise UsageError("extracting over / replaces live files; add --in-place to mean it")
+    if in_place:
+        return path
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"destination {path} is not a directory")
+    if path.is_dir() and any(path.iterdir()):
+        raise UsageError(f"destination {path} is not empty; name an empty or new directory, or pass --in-place")
+    return path
+
+
+def new_directory(archive: Archive, base: Path | None = None) -> Path:
+    """A directory name that does not exist yet: `emg-borg-ARCHIVE`, numbered if taken."""
+    base = base or Path.cwd()
+    safe = "".join(ch if ch.isalnum() or ch in "-_.:" else "_" for ch in archive.name)
+    candidate = base / f"emg-borg-{safe}"
+    number = 1
+    while candidate.exists():
+        number += 1
+        candidate = base / f"emg-borg-{safe}-{number}"
+    return candidate
+
+
+@contextlib.contextmanager
+def created_directory(path: Path, keep_on_error: bool):
+    """Create `path` for an extraction and remove it again (with whatever borg wrote) on failure,
+    unless it existed before or `keep_on_error`."""
+    existed = path.exists()
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        yield path
+    except BaseException:
+        if not existed and not keep_on_error:
+            import shutil
+
+            shutil.rmtree(path, ignore_errors=True)
+        raise
+
+
+def live_path(target: Path, path) -> Path:
+    """Where the live (absolute) or archive-relative `path` lies under a restore target."""
+    return Path(target) / str(path).lstrip(os.sep)
+
+
+def require_path(path: Path, what: str) -> Path:
+    if not path.exists():
+        raise EmgBorgError(f"{what} {path} is missing after extraction")
+    return path

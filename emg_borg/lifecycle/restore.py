@@ -1,0 +1,350 @@
+"""The restore side: `archives`, `patterns`, `extract`, `restore` and `verify`.
+
+`restore` is the vendor note's "Simple recovery" as one command, in an order where a refusal comes
+before anything is written: it refuses while emgd runs; reads the live database's message id
+before the database could be replaced; loads the dump (only into an empty or missing database,
+unless told otherwise); extracts configuration and spool over the live paths, moving an existing
+spool aside first so old and restored queue files never mix; and writes `SPOOLDIR/seqno` so emgd
+starts with an id above every id it has used. It ends with a checklist for the operator.
+
+Each `cmd_*` takes the parsed arguments and the emg-borg configuration (None when there is none:
+a rebuilt machine may have no `/etc/emg-borg/config.toml` yet) and returns an exit code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from emg_borg import config as config_module
+from emg_borg.emg import categories as category_module
+from emg_borg.emg import layout as emg_layout
+from emg_borg.emg import servercfg
+from emg_borg.errors import EXIT_OK, EmgBorgError, UsageError
+from emg_borg.external import borg, proc
+from emg_borg.lifecycle import extract as extraction
+from emg_borg.lifecycle.archives import Archive, Repository, emg_archives, resolve_repository, select
+from emg_borg.lifecycle.backup import machine_identity, sha256_file
+from emg_borg.plugins import get_plugin_manager
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class ArchivedLayout:
+    """What a restore knows of the archived installation: the manifest's paths and the DB
+    profile of the archived server.cfg (the one being restored)."""
+
+    emgdir: str
+    server_cfg: str
+    spooldir: str
+    node_id: int | None
+    db: emg_layout.DbProfile | None
+
+
+@dataclasses.dataclass
+class RestoreRun:
+    """One restore; the restore hooks read it and report through `done` and `todo`."""
+
+    config: Any
+    hook: Any
+    repository: Repository
+    archive: Archive
+    layout: ArchivedLayout
+    target: Path
+    categories: tuple
+    load_database: bool = False
+    force_database: bool = False
+    dry_run: bool = False
+    cleanup: contextlib.ExitStack = dataclasses.field(default_factory=contextlib.ExitStack)
+    actions: list = dataclasses.field(default_factory=list)
+    remaining: list = dataclasses.field(default_factory=list)
+    plugin_state: dict = dataclasses.field(default_factory=dict)
+
+    @property
+    def manifest(self) -> dict:
+        return self.archive.manifest
+
+    def live(self, path) -> Path:
+        return extraction.live_path(self.target, path)
+
+    def done(self, text: str) -> None:
+        logger.info("%s", text)
+        self.actions.append(text)
+
+    def todo(self, text: str) -> None:
+        self.remaining.append(text)
+
+    def fetch_dump(self) -> Path:
+        """The archived dump, extracted into a private temporary directory (removed when the
+        restore ends) and checked against the manifest's size and sha256."""
+        mysql = self.manifest["mysql"]
+        scratch = Path(tempfile.mkdtemp(prefix="emg-borg-dump-"))
+        self.cleanup.callback(shutil.rmtree, scratch, True)
+        extraction.extract(self.repository, self.archive, ("database",), scratch)
+        path = scratch / mysql["dump"]
+        problem = dump_problem(path, mysql)
+        if problem:
+            raise EmgBorgError(f"archive {self.archive.name}: {problem}; not loading it")
+        return path
+
+
+def dump_problem(path: Path, mysql: dict) -> str | None:
+    """Why an extracted dump does not match the manifest, or None when it does."""
+    if not path.is_file():
+        return f"the dump {mysql['dump']} is missing"
+    size = path.stat().st_size
+    if size != mysql.get("bytes"):
+        return f"the dump is {size} bytes, the manifest says {mysql.get('bytes')}"
+    digest = sha256_file(path)
+    if digest != mysql.get("sha256"):
+        return f"the dump's sha256 {digest[:16]}... differs from the manifest's {str(mysql.get('sha256'))[:16]}..."
+    return None
+
+
+def _config(config):
+    return config if config is not None else config_module.defaults()
+
+
+def _print_json(data) -> None:
+    print(json.dumps(data, indent=2, default=str))
+
+
+def cmd_archives(args, config) -> int:
+    archives = emg_archives(resolve_repository(args))
+    rows = [a.summary() for a in archives]
+    if args.json:
+        _print_json(rows)
+        return EXIT_OK
+    if not rows:
+        logger.info("no emg-borg archives (archives without emg-borg/manifest.json do not count)")
+        return EXIT_OK
+    print(f"{'time':<25} {'message id':>12} {'provider':<9} {'freeze ms':>10} {'dump':>10}  archive")
+    for row in rows:
+        freeze = "-" if row["freeze_window_ms"] is None else f"{row['freeze_window_ms']:.1f}"
+        dump = "-" if row["dump_bytes"] is None else extraction._size(row["dump_bytes"])
+        print(f"{row['time']:<25} {str(row['message_id']):>12} {str(row['snapshot_provider']):<9} {freeze:>10} "
+              f"{dump:>10}  {row['name']}")
+    return EXIT_OK
+
+
+def cmd_patterns(args, config) -> int:
+    selected = category_module.parse(args.categories)
+    _, archive = select(args)
+    sys.stdout.write(extraction.pattern_text(archive, extraction.present(archive, selected)))
+    return EXIT_OK
+
+
+def cmd_extract(args, config) -> int:
+    selected = category_module.parse(args.categories)
+    destination = extraction.check_destination(args.destination, args.in_place)
+    repository, archive = select(args)
+    selected = extraction.present(archive, selected)
+    if args.dry_run:
+        return _print_plan(extraction.plan(repository, archive, selected), archive, args.json)
+    destination = destination or extraction.new_directory(archive)
+    with extraction.created_directory(destination, keep_on_error=args.in_place):
+        items = extraction.extract(repository, archive, selected, destination)
+    result = {"archive": archive.name, "categories": list(selected), "destination": str(destination), "items": items}
+    if args.json:
+        _print_json(result)
+    else:
+        print(f"extracted {', '.join(selected)} of {archive.name} into {destination} ({items} items)")
+    return EXIT_OK
+
+
+def _print_plan(by_category: dict, archive: Archive, as_json: bool) -> int:
+    if as_json:
+        _print_json({"archive": archive.name, "dry_run": True, "categories": by_category})
+        return EXIT_OK
+    print(f"dry run: would extract from {archive.name}:")
+    for category, items in by_category.items():
+        size = sum(item.get("size") or 0 for item in items)
+        print(f"{category} ({len(items)} items, {extraction._size(size)}):")
+        for item in items:
+            print(f"  {item['path']}")
+    return EXIT_OK
+
+
+def cmd_restore(args, config) -> int:
+    config = _config(config)
+    selected = set(category_module.parse(args.categories))
+    if args.skip_data:
+        selected.discard("data")
+    if args.database or args.force_database:
+        selected.add("database")
+    target = Path(args.target).resolve()
+    if not target.is_dir():
+        raise UsageError(f"restore target {target} is not a directory")
+    running = proc.pids_named("emgd")
+    if running and not args.force:
+        raise EmgBorgError(
+            f"emgd is running (pid {', '.join(map(str, running))}); restoring under it would mix its open spool files "
+            f"with the archived ones and it would not read the restored seqno. Stop it (emgd -stop) and run restore "
+            f"again, or pass --force"
+        )
+    repository, archive = select(args)
+    selected = extraction.present(archive, tuple(c for c in category_module.CATEGORIES if c in selected))
+    restore = RestoreRun(
+        config=config, hook=get_plugin_manager().hook, repository=repository, archive=archive,
+        layout=archived_layout(repository, archive), target=target, categories=selected,
+        load_database=args.database or args.force_database, force_database=args.force_database, dry_run=args.dry_run,
+    )
+    if running:
+        logger.warning("emgd is running (pid %s); restoring anyway because of --force", ", ".join(map(str, running)))
+        restore.todo("restart emgd: it ran during the restore and has not read the restored files")
+    with restore.cleanup:
+        check_machine(restore)
+        seqno, source = message_id(restore, args.message_id)
+        if "database" in selected and not restore.hook.emg_borg_restore_database(restore=restore):
+            logger.warning("no plugin restored the database (server.cfg has no MySQL DB profile?)")
+        files = tuple(c for c in selected if c != "database")
+        if files:
+            restore_files(restore, files)
+        write_seqno(restore, seqno, source)
+    restore.todo("start emgd; it reads the seqno file into seqno.hdb at start-up")
+    return _report(restore, seqno, source, args.json)
+
+
+def archived_layout(repository: Repository, archive: Archive) -> ArchivedLayout:
+    """The archived installation: paths from the manifest, the DB profile from its server.cfg."""
+    manifest = archive.manifest
+    db = None
+    cfg_path = manifest.get("server_cfg")
+    if cfg_path:
+        text = borg.read_file(repository.location, archive.name, cfg_path.lstrip("/"), env=repository.env)
+        if text is None:
+            logger.warning("archive %s has no %s", archive.name, cfg_path)
+        else:
+            db = emg_layout._db_profile(servercfg.parse(text.decode("utf-8", errors="replace"), Path(cfg_path)))
+    return ArchivedLayout(
+        emgdir=manifest.get("emgdir") or "", server_cfg=cfg_path or "", spooldir=manifest["spooldir"],
+        node_id=manifest.get("node_id"), db=db,
+    )
+
+
+def check_machine(restore: RestoreRun) -> None:
+    """Warn when the archive comes from other hardware: EMG licenses are tied to the machine."""
+    archived, here = restore.manifest.get("machine") or {}, machine_identity()
+    keys = [k for k in ("machine_id", "product_uuid") if archived.get(k) and here.get(k)] or ["hostname"]
+    differing = [k for k in keys if archived.get(k) != here.get(k)]
+    if not differing:
+        restore.done(f"this is the machine the archive was made on ({', '.join(keys)} match)")
+        return
+    detail = ", ".join(f"{k} {archived.get(k)} there, {here.get(k)} here" for k in differing)
+    logger.warning("the archive was made on another machine (%s): a new EMG license key may be needed", detail)
+    restore.todo("check EMG's license: the archive comes from other hardware, and EMG licenses are tied to the "
+                 "machine; request a new license key from EMG support unless a standby license covers this one")
+
+
+def message_id(restore: RestoreRun, given: int | None) -> tuple[int | None, str]:
+    """The id for SPOOLDIR/seqno: the highest of the archive's, the live database's and
+    `--message-id`, plus `[seqno] margin`; and a sentence saying where it came from."""
+    candidates = []
+    if restore.manifest.get("message_id") is not None:
+        candidates.append((int(restore.manifest["message_id"]), "the archive's message id"))
+    live = restore.hook.emg_borg_live_message_id(restore=restore)
+    if live is not None:
+        candidates.append((int(live), "the highest id in the live database"))
+    if given is not None:
+        candidates.append((given, "--message-id"))
+    if not candidates:
+        return None, "no message id known (the archive has none, the database gave none, no --message-id)"
+    value, source = max(candidates, key=lambda c: c[0])
+    margin = int(restore.config["seqno"]["margin"])
+    others = ", ".join(f"{what} {v}" for v, what in candidates if what != source)
+    text = f"{source} {value}" + (f" + margin {margin}" if margin else "") + (f" (also seen: {others})" if others else "")
+    return value + margin, text
+
+
+def restore_files(restore: RestoreRun, files: tuple) -> None:
+    """Extract the file categories over the live paths (under the target)."""
+    if restore.dry_run:
+        for category, items in extraction.plan(restore.repository, restore.archive, files).items():
+            restore.done(f"would extract {category}: {len(items)} items")
+        return
+    if "data" in files:
+        for root in restore.manifest["categories"].get("data", []):
+            move_aside(restore, restore.live(root))
+    items = extraction.extract(restore.repository, restore.archive, files, restore.target)
+    roots = category_module.selected_roots(restore.manifest["categories"], files)
+    restore.done(f"extracted {', '.join(files)} ({items} items) to {', '.join(str(restore.live(r)) for r in roots)}")
+
+
+def move_aside(restore: RestoreRun, path: Path) -> None:
+    """Move an existing, non-empty spool out of the way, so that the restored spool is exactly
+    the archived one (stale queue or LevelDB files mixed into it would corrupt it)."""
+    if not path.is_dir() or not any(path.iterdir()):
+        return
+    stamp = datetime.datetime.now().strftime("%Y%m%dT%H%M%S")
+    if os.path.ismount(path):
+        # A mount point cannot be renamed: keep its old content in a hidden directory inside it.
+        aside = path / f".before-restore-{stamp}"
+        aside.mkdir(mode=0o700)
+        for child in list(path.iterdir()):
+            if child != aside:
+                child.rename(aside / child.name)
+    else:
+        aside = path.with_name(f"{path.name}.before-restore-{stamp}")
+        path.rename(aside)
+    restore.done(f"moved the existing {path} aside to {aside}")
+    restore.todo(f"remove {aside} once EMG runs well")
+
+
+def write_seqno(restore: RestoreRun, value: int | None, source: str) -> None:
+    """Write SPOOLDIR/seqno; emgd reads it into seqno.hdb when it starts."""
+    path = restore.live(restore.layout.spooldir) / "seqno"
+    if value is None:
+        logger.warning("%s: not writing %s", source, path)
+        restore.todo(f"write the last message id into {path} before starting emgd (ids restart at 1 otherwise)")
+        return
+    if restore.dry_run:
+        restore.done(f"would write {path} = {value} ({source})")
+        return
+    spool = path.parent
+    if not spool.is_dir():
+        spool.mkdir(parents=True, mode=0o755)
+        restore.todo(f"{spool} was created owned by root: give it to the user emgd runs as")
+    tmp = spool / ".seqno.emg-borg"
+    tmp.write_text(f"{value}\n")
+    owner = spool.stat()
+    with contextlib.suppress(PermissionError):
+        os.chown(tmp, owner.st_uid, owner.st_gid)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+    restore.done(f"wrote {path} = {value} from {source}")
+
+
+def _report(restore: RestoreRun, seqno, source: str, as_json: bool) -> int:
+    archive = restore.archive
+    if as_json:
+        _print_json({
+            "archive": archive.name, "time": archive.time.isoformat(timespec="seconds"), "target": str(restore.target),
+            "categories": list(restore.categories), "dry_run": restore.dry_run,
+            "seqno": {"value": seqno, "source": source}, "done": restore.actions, "todo": restore.remaining,
+        })
+        return EXIT_OK
+    heading = "dry run: would restore" if restore.dry_run else "restored"
+    print(f"{heading} from {archive.name} ({archive.time.isoformat(timespec='seconds')}, "
+          f"message id {restore.manifest.get('message_id')}) into {restore.target}")
+    for line in restore.actions:
+        print(f"  done: {line}")
+    print("still to do:")
+    for line in restore.remaining:
+        print(f"  - {line}")
+    return EXIT_OK
+
+
+def cmd_verify(args, config) -> int:
+    from emg_borg.lifecycle import verify
+
+    return verify.run(args, _config(config))

@@ -1,0 +1,372 @@
+"""The restore side end to end: archives made by real borgmatic with borgmatic-example.yaml,
+extracted, restored and verified with real borg 1.4 and the throwaway MariaDB. Assertions are on
+what lands on disk (byte for byte), rows in the database, exit codes and messages."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import borg_create_from, borg_extract_all, borg_list, run, run_emg_borg
+from emg_borg.demo import sample
+
+pytestmark = pytest.mark.e2e
+
+
+def rel(path) -> str:
+    return str(path).lstrip("/")
+
+
+def files_under(root: Path) -> dict[str, bytes]:
+    """Every regular file below `root`, by path relative to it, with its content."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file() and not p.is_symlink()}
+
+
+def newest(emg) -> str:
+    return borg_list(emg.repo)[-1]
+
+
+def config_files(emg) -> dict[str, bytes]:
+    return {rel(p): p.read_bytes() for p in emg.tree.config_files()}
+
+
+def spool_files(emg) -> dict[str, bytes]:
+    """The live spool as the archive holds it: everything but the stale live seqno."""
+    return {rel(p): b for p, b in ((emg.tree.spooldir / k, v) for k, v in files_under(emg.tree.spooldir).items())
+            if p.name != "seqno"}
+
+
+def error_lines(result) -> list[str]:
+    return [line for line in result.stderr.splitlines() if line.startswith("emg-borg: error:")]
+
+
+def test_extract_config_yields_exactly_the_config_files(emg, tmp_path):
+    emg.borgmatic_create()
+    destination = tmp_path / "out"
+    result = emg.emg_borg("extract", "--repository", str(emg.repo), "--categories", "config", "--destination", str(destination))
+    assert f"into {destination}" in result.stdout
+    assert files_under(destination) == config_files(emg)
+
+
+def test_default_extract_has_config_spool_and_dump_but_no_logs(emg, tmp_path):
+    emg.borgmatic_create()
+    destination = tmp_path / "out"
+    emg.emg_borg("extract", "--repository", str(emg.repo), "--destination", str(destination))
+    extracted = files_under(destination)
+    assert not [p for p in extracted if p.startswith(rel(emg.tree.logdir))]
+    for path, content in {**config_files(emg), **spool_files(emg)}.items():
+        assert extracted[path] == content, path
+    assert extracted[rel(emg.tree.spooldir / "seqno")] == b"1049\n"
+    manifest = json.loads(emg.emg_borg("archives", "--repository", str(emg.repo), "--json").stdout)[0]
+    assert manifest["dump_bytes"] == len(extracted[f"emg-borg/mysql/{emg.database}.sql"])
+    assert "emg-borg/manifest.json" not in extracted
+
+    # --categories logs gives the log files and nothing else; executables were never backed up.
+    logs = tmp_path / "logs"
+    result = emg.emg_borg("extract", "--repository", str(emg.repo), "--categories", "logs,executables",
+                          "--destination", str(logs))
+    assert set(files_under(logs)) == {rel(emg.tree.logdir / n) for n in
+                                      ("general", "general.1", "debug", "connector.mgp-in1", "pdu.smpp-out1", "security")}
+    assert "holds no executables" in result.stderr
+
+
+def test_dry_run_lists_by_category_and_writes_nothing(emg, tmp_path):
+    emg.borgmatic_create()
+    destination = tmp_path / "out"
+    result = emg.emg_borg("extract", "--repository", str(emg.repo), "--dry-run", "--json", "--destination", str(destination))
+    plan = json.loads(result.stdout)["categories"]
+    assert set(plan) == {"config", "data", "database"}
+    assert {i["path"] for i in plan["config"] if i["type"] == "-"} == set(config_files(emg))
+    assert [i["path"] for i in plan["database"] if i["type"] == "-"] == [f"emg-borg/mysql/{emg.database}.sql"]
+    assert not destination.exists()
+    text = emg.emg_borg("extract", "--repository", str(emg.repo), "--dry-run", "--categories", "logs").stdout
+    assert "logs (7 items" in text and rel(emg.tree.logdir / "security") in text
+
+
+def test_patterns_file_works_with_plain_borg_extract(emg, tmp_path):
+    emg.borgmatic_create()
+    text = emg.emg_borg("patterns", "--repository", str(emg.repo), "--categories", "config").stdout
+    assert f"! pp:{rel(emg.tree.logdir)}" in text and f"R {rel(emg.tree.emgdir)}" in text
+    patterns = tmp_path / "patterns"
+    patterns.write_text(text)
+    destination = tmp_path / "out"
+    destination.mkdir()
+    subprocess.run(["borg", "extract", "--patterns-from", str(patterns), f"{emg.repo}::{newest(emg)}"],
+                   cwd=destination, check=True)
+    assert files_under(destination) == config_files(emg)
+
+
+def test_at_picks_the_right_one_of_three_archives(emg, mariadb, tmp_path):
+    ids = [1049, 2000, 3000]
+    for number, message_id in enumerate(ids):
+        if number:
+            time.sleep(1.1)  # archive names and times have one-second resolution
+            mariadb.sql(f"INSERT INTO routelog (id, connector) VALUES ({message_id}, 'mgp-in1')", emg.database)
+        emg.borgmatic_create()
+    listed = json.loads(emg.emg_borg("archives", "--repository", str(emg.repo), "--json").stdout)
+    assert [a["message_id"] for a in listed] == ids[::-1]
+    assert all(a["snapshot_provider"] == "none" and a["dump_bytes"] > 0 for a in listed)
+    times = {a["message_id"]: datetime.datetime.fromisoformat(a["time"]) for a in listed}
+
+    def seqno_at(*selection) -> bytes:
+        out = tmp_path / f"out-{len(list(tmp_path.iterdir()))}"
+        emg.emg_borg("extract", "--repository", str(emg.repo), "--categories", "data", "--destination", str(out), *selection)
+        return (out / rel(emg.tree.spooldir) / "seqno").read_bytes()
+
+    middle = times[2000]
+    assert seqno_at("--at", middle.astimezone().strftime("%Y-%m-%d %H:%M:%S")) == b"2000\n"  # local, no zone
+    in_other_zone = middle.astimezone(datetime.timezone(datetime.timedelta(hours=5, minutes=30)))
+    assert seqno_at("--at", in_other_zone.isoformat()) == b"2000\n"  # ISO 8601 with a zone
+    assert seqno_at("--at", (times[3000] + datetime.timedelta(days=1)).isoformat()) == b"3000\n"
+    assert seqno_at() == b"3000\n"  # latest
+    assert seqno_at("--archive", listed[2]["name"]) == b"1049\n"
+
+    too_early = (times[1049] - datetime.timedelta(seconds=1)).isoformat()
+    result = emg.emg_borg("extract", "--repository", str(emg.repo), "--at", too_early, check=False)
+    assert result.returncode == 2 and "no archive" in error_lines(result)[0] and "the first archive is from" in result.stderr
+
+    # Archives without a manifest do not count.
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    (plain / "note").write_text("not emg-borg\n")
+    borg_create_from(emg.repo, "not-emg-borg", plain)
+    assert len(json.loads(emg.emg_borg("archives", "--repository", str(emg.repo), "--json").stdout)) == 3
+    assert seqno_at() == b"3000\n"
+
+
+def test_restore_on_empty_target_rebuilds_config_spool_and_database(emg, mariadb, tmp_path):
+    emg.write_config("none", "[seqno]\nmargin = 1000\n")
+    emg.borgmatic_create()
+    mariadb.sql(f"DROP DATABASE {emg.database}")  # the database is lost with the machine
+    target = tmp_path / "target"
+    target.mkdir()
+
+    result = emg.emg_borg("restore", "--repository", str(emg.repo), "--target", str(target))
+    restored = files_under(target)
+    assert {k: v for k, v in restored.items() if not k.endswith("/seqno")} == {**config_files(emg), **spool_files(emg)}
+    assert restored[rel(emg.tree.spooldir / "seqno")] == b"2049\n"
+    assert "2049 from the archive's message id 1049 + margin 1000" in result.stdout
+    assert mariadb.sql("SELECT COUNT(*), MAX(id) FROM routelog", emg.database).split() == ["50", "1049"]
+    assert "loaded the dump" in result.stdout and "start emgd" in result.stdout
+    assert "made on another machine" not in result.stderr
+    assert sample.DB_PASSWORD not in result.stdout + result.stderr
+
+
+def test_restore_dry_run_changes_nothing(emg, mariadb, tmp_path):
+    emg.borgmatic_create()
+    mariadb.sql(f"DROP DATABASE {emg.database}")
+    target = tmp_path / "target"
+    target.mkdir()
+    result = emg.emg_borg("restore", "--repository", str(emg.repo), "--target", str(target), "--dry-run", "--json")
+    report = json.loads(result.stdout)
+    assert report["dry_run"] is True and report["seqno"]["value"] == 1049
+    assert any("would load the dump" in line for line in report["done"])
+    assert list(target.iterdir()) == []
+    assert mariadb.sql(f"SHOW DATABASES LIKE '{emg.database}'") == ""
+
+
+def test_newer_live_database_raises_the_written_id(emg, mariadb, tmp_path):
+    emg.borgmatic_create()
+    # A replicated standby kept receiving traffic after the backup.
+    mariadb.sql("INSERT INTO routelog (id, connector) VALUES (5000, 'mgp-in1')", emg.database)
+    target = tmp_path / "target"
+    target.mkdir()
+
+    result = emg.emg_borg("restore", "--repository", str(emg.repo), "--target", str(target), "--skip-data")
+    seqno = target / rel(emg.tree.spooldir) / "seqno"
+    assert seqno.read_bytes() == b"5000\n"
+    assert "the highest id in the live database 5000" in result.stdout
+    assert "also seen: the archive's message id 1049" in result.stdout
+    # --skip-data: configuration and seqno only; the live database was kept.
+    assert {k for k in files_under(target) if k.startswith(rel(emg.tree.spooldir))} == {rel(emg.tree.spooldir / "seqno")}
+    assert set(config_files(emg)) <= set(files_under(target))
+    assert "left the database" in result.stdout
+    assert mariadb.sql("SELECT MAX(id) FROM routelog", emg.database).split() == ["5000"]
+
+    again = tmp_path / "again"
+    again.mkdir()
+    result = emg.emg_borg("restore", "--repository", str(emg.repo), "--target", str(again), "--skip-data",
+                          "--message-id", "7000")
+    assert (again / rel(seqno.relative_to(target))).read_bytes() == b"7000\n"
+    assert "from --message-id 7000" in result.stdout
+
+
+def test_non_empty_database_is_replaced_only_with_force_database(emg, mariadb, tmp_path):
+    emg.borgmatic_create()
+    mariadb.sql("INSERT INTO routelog (id, connector) VALUES (5000, 'mgp-in1')", emg.database)
+    target = tmp_path / "target"
+    target.mkdir()
+
+    refused = emg.emg_borg("restore", "--repository", str(emg.repo), "--target", str(target), "--database", check=False)
+    assert refused.returncode == 1
+    assert len(error_lines(refused)) == 1 and "refusing to load the archived dump" in refused.stderr
+    assert list(target.iterdir()) == []
+    assert mariadb.sql("SELECT MAX(id) FROM routelog", emg.database).split() == ["5000"]
+
+    result = emg.emg_borg("restore", "--repository", str(emg.repo), "--target", str(target), "--force-database")
+    assert mariadb.sql("SELECT COUNT(*), MAX(id) FROM routelog", emg.database).split() == ["50", "1049"]
+    # The id read before the dump replaced the table still wins.
+    assert (target / rel(emg.tree.spooldir) / "seqno").read_bytes() == b"5000\n"
+    assert "loaded the dump" in result.stdout
+
+
+def test_restore_moves_an_existing_spool_aside(emg, tmp_path):
+    emg.borgmatic_create()
+    target = tmp_path / "target"
+    spool = target / rel(emg.tree.spooldir)
+    (spool / "leveldb").mkdir(parents=True)
+    (spool / "leveldb" / "000099.ldb").write_bytes(b"stale")
+    emg.emg_borg("restore", "--repository", str(emg.repo), "--target", str(target), "--categories", "data")
+    assert not (spool / "leveldb" / "000099.ldb").exists()
+    assert {rel(spool / k) for k in files_under(spool) if k != "seqno"} == {
+        k.replace(rel(emg.tree.spooldir), rel(spool), 1) for k in spool_files(emg)}
+    aside = [p for p in spool.parent.iterdir() if p.name.startswith("emg.before-restore-")]
+    assert len(aside) == 1 and (aside[0] / "leveldb" / "000099.ldb").read_bytes() == b"stale"
+
+
+def test_restore_refuses_while_emgd_runs(emg, tmp_path):
+    emg.borgmatic_create()
+    fake = tmp_path / "bin" / "emgd"
+    fake.parent.mkdir()
+    shutil.copy("/bin/sleep", fake)
+    process = subprocess.Popen([str(fake), "60"])
+    target = tmp_path / "target"
+    target.mkdir()
+    try:
+        result = emg.emg_borg("restore", "--repository", str(emg.repo), "--target", str(target), check=False)
+        assert result.returncode == 1
+        errors = error_lines(result)
+        assert len(errors) == 1 and f"emgd is running (pid {process.pid})" in errors[0] and "--force" in errors[0]
+        assert list(target.iterdir()) == []
+    finally:
+        process.kill()
+        process.wait()
+    assert emg.emg_borg("restore", "--repository", str(emg.repo), "--target", str(target), "--skip-data").returncode == 0
+
+
+def rebuilt_archive(emg, tmp_path, name, change) -> str:
+    """A copy of the newest archive, changed by `change(directory, manifest)` and stored with
+    plain borg under `name`."""
+    work = borg_extract_all(emg.repo, newest(emg), tmp_path / f"rebuild-{name}")
+    manifest_path = work / "emg-borg" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    change(work, manifest)
+    manifest_path.write_text(json.dumps(manifest))
+    borg_create_from(emg.repo, name, work)
+    return name
+
+
+def test_verify_passes_on_a_good_archive_and_fails_on_an_altered_dump(emg, mariadb, tmp_path):
+    emg.borgmatic_create()
+    good = newest(emg)
+    result = emg.emg_borg("verify", "--repository", str(emg.repo))
+    assert result.stdout.startswith(f"verify OK: {good}") and "seqno 1049" in result.stdout
+
+    scratch = f"{emg.database}_scratch"
+    result = emg.emg_borg("verify", "--repository", str(emg.repo), "--load-dump", "--scratch-db", scratch, "--json")
+    report = json.loads(result.stdout)
+    assert report["ok"] is True
+    assert {c["name"]: c["ok"] for c in report["checks"]} == {
+        "extract": True, "dump": True, "server.cfg": True, "seqno": True, "load": True}
+    assert "5 tables loaded" in [c for c in report["checks"] if c["name"] == "load"][0]["detail"]
+    assert mariadb.sql(f"SHOW DATABASES LIKE '{scratch}'") == ""  # dropped again
+
+    def alter_dump(work, manifest):
+        dump = work / manifest["mysql"]["dump"]
+        dump.write_bytes(dump.read_bytes().replace(b"'mgp-in1'", b"'mgp-XX1'", 1))
+
+    altered = rebuilt_archive(emg, tmp_path, "altered-dump", alter_dump)
+    result = emg.emg_borg("verify", "--repository", str(emg.repo), "--archive", altered, check=False)
+    assert result.returncode == 1
+    assert result.stdout.startswith(f"verify FAILED: {altered}: dump: the dump's sha256")
+
+    # restore will not load such a dump, and says why before touching the (empty) target
+    mariadb.sql(f"DROP DATABASE {emg.database}")
+    target = tmp_path / "target"
+    target.mkdir()
+    result = emg.emg_borg("restore", "--repository", str(emg.repo), "--archive", altered, "--target", str(target), check=False)
+    assert result.returncode == 1 and "not loading it" in error_lines(result)[0]
+    assert list(target.iterdir()) == []
+
+
+def test_verify_fails_on_wrong_seqno_and_broken_server_cfg(emg, tmp_path):
+    emg.borgmatic_create()
+
+    def break_things(work, manifest):
+        (work / manifest["seqno_path"]).write_text("17\n")
+        cfg = work / manifest["server_cfg"].lstrip("/")
+        cfg.write_text(cfg.read_text() + "THIS IS NOT EMG SYNTAX\n")
+
+    broken = rebuilt_archive(emg, tmp_path, "broken", break_things)
+    result = emg.emg_borg("verify", "--repository", str(emg.repo), "--archive", broken, "--json", check=False)
+    assert result.returncode == 1
+    checks = {c["name"]: c for c in json.loads(result.stdout)["checks"]}
+    assert checks["dump"]["ok"] and not checks["seqno"]["ok"] and not checks["server.cfg"]["ok"]
+    assert "the manifest says 1049" in checks["seqno"]["detail"] and "cannot parse" in checks["server.cfg"]["detail"]
+
+
+def test_restore_from_other_hardware_warns_about_the_license(emg, tmp_path):
+    emg.borgmatic_create()
+
+    def other_machine(work, manifest):
+        manifest["machine"] = {"hostname": "old-emg", "machine_id": "0" * 32, "product_uuid": "OLD-UUID"}
+
+    archive = rebuilt_archive(emg, tmp_path, "other-machine", other_machine)
+    target = tmp_path / "target"
+    target.mkdir()
+    result = emg.emg_borg("restore", "--repository", str(emg.repo), "--archive", archive, "--target", str(target),
+                          "--skip-data")
+    assert "the archive was made on another machine" in result.stderr and "new EMG license key" in result.stderr
+    assert "request a new license key" in result.stdout
+
+
+def test_bad_input_gives_one_line_and_writes_nothing(emg, tmp_path):
+    emg.borgmatic_create()
+    not_repo = tmp_path / "not-a-repo"
+    not_repo.mkdir()
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "keep").write_text("x")
+    out = tmp_path / "out"
+    repo = str(emg.repo)
+    cases = [
+        (("--repository", repo, "--categories", "config,spool"), 2, "unknown category 'spool'"),
+        (("--repository", repo, "--archive", "no-such-archive"), 2, "archive 'no-such-archive' not found"),
+        (("--repository", repo, "--at", "2001-01-01 00:00"), 2, "no archive in"),
+        (("--repository", repo, "--at", "yesterday-ish"), 2, "not a date and time"),
+        (("--repository", str(not_repo)), 1, "is not a valid repository"),
+        (("--repository", repo, "--destination", str(busy)), 2, f"destination {busy} is not empty"),
+        (("--repository", repo, "--destination", "/"), 2, "add --in-place"),
+        ((), 2, "no repository"),
+    ]
+    for args, code, message in cases:
+        result = run_emg_borg("extract", *args, *(() if "--destination" in args else ("--destination", str(out))),
+                              check=False)
+        assert result.returncode == code, (args, result.stderr)
+        errors = error_lines(result)
+        assert len(errors) == 1 and message in errors[0], (args, result.stderr)
+        assert not out.exists(), args
+    assert [p.name for p in busy.iterdir()] == ["keep"]
+
+    wrong = run([sys.executable, "-m", "emg_borg", "archives", "--repository", repo], check=False,
+                env={**os.environ, "BORG_PASSPHRASE": "wrong"})
+    assert wrong.returncode == 1 and "passphrase" in error_lines(wrong)[0].lower()
+
+
+def test_repository_from_borgmatic_config_and_borg_repo(emg, monkeypatch):
+    emg.borgmatic_create()
+    by_config = run_emg_borg("archives", "--borgmatic-config", str(emg.borgmatic_config()), "--json")
+    assert json.loads(by_config.stdout)[0]["message_id"] == 1049
+    monkeypatch.setenv("BORG_REPO", str(emg.repo))
+    monkeypatch.delenv("BORG_PASSPHRASE")  # comes from the borgmatic configuration above, not here
+    assert run_emg_borg("archives", "--borgmatic-config", str(emg.borgmatic_config())).returncode == 0
+    monkeypatch.setenv("BORG_PASSPHRASE", "emg-borg-test-passphrase")
+    assert "1049" in run_emg_borg("archives").stdout
