@@ -9,6 +9,8 @@ from pathlib import Path
 from emg_borg.errors import CommandError
 from emg_borg.external.execute import run
 
+OUTPUT = "TARGET,SOURCE,FSTYPE,OPTIONS"
+
 
 @dataclasses.dataclass(frozen=True)
 class Mount:
@@ -18,26 +20,30 @@ class Mount:
     options: str = ""
 
 
-def find(path) -> Mount | None:
-    """The mount whose target is the longest prefix of `path` (`findmnt -T`)."""
+def _mounts(argv: tuple) -> list[Mount]:
     try:
-        result = run(("findmnt", "--json", "--output", "TARGET,SOURCE,FSTYPE,OPTIONS", "--target", str(path)))
-    except CommandError:
-        return None
-    filesystems = json.loads(result.stdout or "{}").get("filesystems", [])
-    if not filesystems:
-        return None
-    fs = filesystems[0]
-    return Mount(Path(fs["target"]), fs.get("source") or "", fs.get("fstype") or "", fs.get("options") or "")
-
-
-def mounts_under(top) -> list[Path]:
-    """Mount points at or below `top`, deepest first (the order to unmount them in)."""
-    try:
-        result = run(("findmnt", "--json", "--list", "--output", "TARGET"))
+        result = run(argv)
     except CommandError:
         return []
+    return [
+        Mount(Path(fs["target"]), fs.get("source") or "", fs.get("fstype") or "", fs.get("options") or "")
+        for fs in json.loads(result.stdout or "{}").get("filesystems", [])
+    ]
+
+
+def find(path) -> Mount | None:
+    """The mount whose target is the longest prefix of `path` (`findmnt -T`)."""
+    found = _mounts(("findmnt", "--json", "--output", OUTPUT, "--target", str(path)))
+    return found[0] if found else None
+
+
+def all_mounts() -> list[Mount]:
+    """Every mounted file system, in the order of the mount table."""
+    return _mounts(("findmnt", "--json", "--list", "--output", OUTPUT))
+
+
+def mounts_under(top) -> list[Mount]:
+    """Mounts at or below `top`, deepest first (the order to unmount them in)."""
     top = Path(top)
-    targets = [Path(fs["target"]) for fs in json.loads(result.stdout or "{}").get("filesystems", [])]
-    inside = [t for t in targets if t == top or top in t.parents]
-    return sorted(set(inside), key=lambda p: len(p.parts), reverse=True)
+    inside = {m.target: m for m in all_mounts() if m.target == top or top in m.target.parents}
+    return sorted(inside.values(), key=lambda m: len(m.target.parts), reverse=True)

@@ -77,7 +77,8 @@ class Snapshot:
     visible at `base / origin` (relative), so borg reads `base/./<live path>` and archives the live
     path. `prune` lists single directories (real, on disk) that must never be archived, like the
     snapshot's own directory when a live root contains it; they are pruned by exact path, so
-    roots below them (the snapshot itself) stay.
+    roots below them (the snapshot itself) stay. `holes` lists other file systems mounted below
+    `origin` that the snapshot does not contain: paths in them are not covered (read live).
     """
 
     provider: str
@@ -87,10 +88,15 @@ class Snapshot:
     device: str | None = None
     prune: list[Path] = dataclasses.field(default_factory=list)
     details: dict = dataclasses.field(default_factory=dict)
+    holes: list[Path] = dataclasses.field(default_factory=list)
 
     def covers(self, path) -> bool:
         path = Path(path)
-        return path == self.origin or self.origin in path.parents
+
+        def inside(top):
+            return path == top or top in path.parents
+
+        return inside(self.origin) and not any(inside(hole) for hole in self.holes)
 
     def real(self, live_path) -> Path:
         return self.base / str(live_path).lstrip("/")
@@ -99,6 +105,7 @@ class Snapshot:
         return {
             "provider": self.provider, "origin": str(self.origin), "base": str(self.base),
             "name": self.name, "device": self.device, "details": self.details,
+            **({"holes": [str(h) for h in self.holes]} if self.holes else {}),
         }
 
 

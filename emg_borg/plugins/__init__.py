@@ -22,6 +22,8 @@ DEFAULT_PLUGINS = (
     "emg_borg.plugins.mysql",
     "emg_borg.plugins.snapshot_none",
     "emg_borg.plugins.btrfs",
+    "emg_borg.plugins.zfs",
+    "emg_borg.plugins.lvm",
 )
 
 

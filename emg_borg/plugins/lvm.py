@@ -1,0 +1,197 @@
+"""Built-in plugin: the `lvm` snapshot provider.
+
+The logical volume mounted at the longest mount point containing SPOOLDIR gets a snapshot LV
+`<lv>_emg-borg` (`lvcreate --snapshot`, `[snapshot] lvm_snapshot_size`, default `10%ORIGIN`),
+mounted read-only at the stable path `<runtime_dir>/snapshots/<mount point>` (`nouuid` for XFS,
+which refuses a second mount of the same file system UUID otherwise).
+
+An LVM snapshot is copy-on-write space of a fixed size: when emgd rewrites more of the volume
+than that during the backup, the snapshot becomes invalid and everything borg read from it is
+garbage, silently. So before the snapshot is removed its state is read with `lvs`, and an
+overflow becomes a loud failure of `after-backup` naming the archive that must not be trusted.
+
+Other file systems mounted inside an archived root would be empty in the snapshot, and LVM
+cannot snapshot several volumes in one instant: that is refused. Archived roots that lie on other
+volumes below the snapshot's origin (the snapshot is of `/`, a referenced file is on `/srv`) are
+read live where they are.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from emg_borg.errors import EmgBorgError
+from emg_borg.external import borg, findmnt, lvm, mount
+from emg_borg.hookspecs import hookimpl
+from emg_borg.lifecycle import volumes
+from emg_borg.lifecycle.run import Snapshot
+
+logger = logging.getLogger(__name__)
+NAME = "lvm"
+SUFFIX = "_emg-borg"
+MANIFEST = "emg-borg/manifest.json"
+ARCHIVES_SEARCHED = 10  # the run's archive is among the newest; older ones are not read
+
+
+@hookimpl
+def emg_borg_snapshot_providers():
+    return [NAME]
+
+
+def _volume_holding(path) -> tuple[findmnt.Mount, lvm.LogicalVolume] | None:
+    found = findmnt.find(path)
+    if found is None or not found.source.startswith("/dev/"):
+        return None
+    for lv in lvm.logical_volumes():
+        if lv.has_device(found.source) and not lv.is_snapshot:
+            return found, lv
+    return None
+
+
+@hookimpl(trylast=True)
+def emg_borg_snapshot_provider(run, filesystem):
+    """`lvm` when the device mounted where SPOOLDIR lives is a logical volume. Asked last, so a
+    file system's own snapshots (Btrfs on an LV) are preferred to the volume manager's."""
+    if filesystem in ("btrfs", "zfs", "fuse.zfs"):
+        return None
+    try:
+        return NAME if _volume_holding(run.layout.spooldir) else None
+    except EmgBorgError as error:  # no LVM tools, or no LVM here at all
+        logger.debug("lvm: not an LVM volume (%s)", error)
+        return None
+
+
+def _spool_volume(run) -> tuple[findmnt.Mount, lvm.LogicalVolume]:
+    held = _volume_holding(run.layout.spooldir)
+    if held is None:
+        found = findmnt.find(run.layout.spooldir)
+        raise EmgBorgError(
+            f"snapshot provider lvm: SPOOLDIR {run.layout.spooldir} is not on an LVM logical volume "
+            f"({found.source + ' at ' + str(found.target) if found else 'no file system found'}); "
+            f"set [snapshot] provider to match its file system"
+        )
+    return held
+
+
+@hookimpl
+def emg_borg_take_snapshot(run, provider):
+    if provider != NAME:
+        return None
+    spool, origin = _spool_volume(run)
+    nested = volumes.nested_mounts(run, spool.target)
+    if nested.in_roots:
+        found = ", ".join(f"{m.target} ({m.source})" for m in nested.in_roots)
+        raise EmgBorgError(
+            f"snapshot provider lvm: the snapshot of {origin.full_name} would show {found} empty: another volume "
+            f"is mounted inside an archived root, and LVM cannot snapshot two volumes in one instant"
+        )
+    size = run.config["snapshot"]["lvm_snapshot_size"]
+    snapshot = f"{origin.vg_name}/{origin.lv_name}{SUFFIX}"
+    run.ledger.add(NAME, "snapshot", name=snapshot, origin=origin.full_name)
+    lvm.create_snapshot(origin.full_name, snapshot.split("/", 1)[1], size)
+    created = lvm.logical_volumes(snapshot)
+    if not created:
+        raise EmgBorgError(f"lvm: lvcreate reported success but lvs does not list {snapshot}")
+    device = created[0].lv_path
+    where = volumes.view_path(run, spool.target)
+    options = ("ro", "nouuid") if spool.fstype == "xfs" else ("ro",)
+    run.ledger.add(NAME, "mount", target=where, device=device)
+    mount.mount(device, where, options=options)
+    logger.info("lvm: snapshot %s (%s) of %s, mounted read-only at %s", snapshot, size, spool.target, where)
+    return Snapshot(
+        provider=NAME, origin=spool.target, base=run.runtime.snapshots, name=snapshot, device=device,
+        details={"origin_lv": origin.full_name, "size": size, "fstype": spool.fstype, "mount": str(where)},
+        holes=[m.target for m in nested.holding_roots],
+    )
+
+
+def _mounted_at(target: Path) -> bool:
+    found = findmnt.find(target)
+    return found is not None and found.target == target
+
+
+def _run_archive(run) -> str:
+    """Name the archive of this run: looked up by the run id in each archive's manifest."""
+    run_id = run.ledger.meta.get("run_id", run.run_id)
+    started = run.ledger.meta.get("started", run.started)
+    which = f"the archive of emg-borg run {run_id} (started {started})"
+    if not run.repository:
+        return which
+    try:
+        for archive in reversed(borg.list_archives(run.repository)[-ARCHIVES_SEARCHED:]):
+            manifest = borg.read_file(run.repository, archive["name"], MANIFEST)
+            if manifest and json.loads(manifest).get("run_id") == run_id:
+                return f"archive {run.repository}::{archive['name']} (emg-borg run {run_id}, started {started})"
+    except (EmgBorgError, ValueError) as error:
+        return f"{which} in {run.repository} (could not look it up: {error})"
+    return f"{which}, if borg wrote one to {run.repository}"
+
+
+def _check_overflow(run, entry: dict) -> None:
+    """A loud failure when the snapshot overflowed or became invalid while borg read it."""
+    found = lvm.logical_volumes(entry["name"])
+    if not found or not found[0].invalid:
+        return
+    lv = found[0]
+    message = (
+        f"LVM snapshot {entry['name']} of {entry['origin']} overflowed during the backup (lv_attr {lv.lv_attr}, "
+        f"{lv.data_percent or '?'}% full): DO NOT TRUST {_run_archive(run)}; its spool was read from an invalid "
+        f"snapshot. Delete that archive and give the snapshot more room ([snapshot] lvm_snapshot_size)"
+    )
+    # after-backup raises the failures once everything is released; a run that releases an
+    # earlier run's leftovers does not, so the log must say it too.
+    logger.warning("lvm: snapshot %s overflowed (lv_attr %s, %s%% full)", entry["name"], lv.lv_attr, lv.data_percent)
+    run.failures.append(message)
+
+
+def _release_mount(entry: dict) -> None:
+    target = Path(entry["target"])
+    if _mounted_at(target):
+        mount.umount(target)
+        logger.info("lvm: unmounted %s", target)
+
+
+def _release_snapshot(entry: dict) -> None:
+    found = lvm.logical_volumes(entry["name"])
+    if not found:
+        return  # already gone
+    if not found[0].is_snapshot or found[0].origin != entry["origin"].split("/", 1)[1]:
+        raise EmgBorgError(f"{entry['name']} is not the snapshot of {entry['origin']} that emg-borg made; left alone")
+    lvm.remove(entry["name"])
+    logger.info("lvm: removed snapshot %s", entry["name"])
+
+
+RELEASERS = {"mount": _release_mount, "snapshot": _release_snapshot}
+
+
+@hookimpl
+def emg_borg_release(run):
+    # The state first, while nothing is released yet: an overflow must be reported even if a
+    # release below fails.
+    for entry in run.ledger.of(NAME, "snapshot"):
+        try:
+            _check_overflow(run, entry)
+        except EmgBorgError as error:
+            run.release_errors.append(f"lvm: cannot read the state of snapshot {entry['name']}: {error}")
+    volumes.release_each(run, NAME, RELEASERS)
+
+
+@hookimpl
+def emg_borg_cleanup_stale(run):
+    """Remove what a crashed run left and the ledger does not list: the `<lv>_emg-borg` snapshot
+    of the LV holding SPOOLDIR, unmounted first wherever it is mounted."""
+    if run.provider != NAME:
+        return
+    _, origin = _spool_volume(run)
+    for lv in lvm.logical_volumes():
+        if not (lv.is_snapshot and lv.vg_name == origin.vg_name and lv.origin == origin.lv_name
+                and lv.lv_name == origin.lv_name + SUFFIX):
+            continue
+        for found in sorted(findmnt.all_mounts(), key=lambda m: len(m.target.parts), reverse=True):
+            if lv.has_device(found.source):
+                logger.warning("lvm: unmounting %s (%s), left mounted by an earlier run", found.target, lv.full_name)
+                mount.umount(found.target)
+        logger.warning("lvm: removing snapshot %s of %s, left by an earlier run", lv.full_name, origin.full_name)
+        lvm.remove(lv.full_name)

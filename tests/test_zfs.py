@@ -1,0 +1,272 @@
+"""The ZFS provider for real, through zfs-fuse: a pool in a file, the daemon started and stopped
+by the fixtures, real borgmatic and borg. Assertions are on what the archive holds, what borg
+reports, and what `zfs list` and `findmnt` show afterwards."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import Emg, borg, borg_cat, borg_list, have, leftovers, run
+
+pytestmark = [pytest.mark.e2e, pytest.mark.fuse]
+
+_pools = itertools.count(1)
+
+
+class ZfsFuse:
+    """The zfs-fuse daemon (ours, or one found running) and the test pools made with it."""
+
+    def __init__(self, log: Path):
+        self.log = log
+        self.process: subprocess.Popen | None = None
+        self.pools: list[str] = []
+
+    def start(self) -> None:
+        if subprocess.run(["pgrep", "-x", "zfs-fuse"], capture_output=True).returncode == 0:
+            # Somebody else's daemon: use it for our own pools, and leave it running.
+            return
+        with open(self.log, "wb") as log:
+            self.process = subprocess.Popen(
+                ["zfs-fuse", "--no-daemon"], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                pytest.skip(f"zfs-fuse exited at start ({self.process.returncode}): {self.log.read_text()[-500:]}")
+            if subprocess.run(["zpool", "list"], capture_output=True).returncode == 0:
+                return
+            time.sleep(0.1)
+        self.stop()
+        pytest.skip("zfs-fuse did not answer `zpool list` within 15 s")
+
+    def create_pool(self, tmp_path: Path) -> tuple[str, Path]:
+        name = f"emgt{os.getpid()}x{next(_pools)}"
+        image = tmp_path / f"{name}.img"
+        with open(image, "wb") as f:
+            f.truncate(128 * 2**20)
+        mount_point = tmp_path / "zfs"
+        self.pools.append(name)
+        run(["zpool", "create", "-m", mount_point, name, image])
+        run(["zfs", "create", f"{name}/spool"])
+        return name, mount_point
+
+    def destroy_pool(self, name: str) -> None:
+        # -f: unmounts clones still mounted from a failed test, then destroys everything.
+        if subprocess.run(["zpool", "list", name], capture_output=True).returncode == 0:
+            for _ in range(20):
+                if subprocess.run(["zpool", "destroy", "-f", name], capture_output=True).returncode == 0:
+                    break
+                time.sleep(0.25)
+        if name in self.pools:
+            self.pools.remove(name)
+
+    def stop(self) -> None:
+        # Pools first: a daemon stopped with pools re-imports them (FAULTED) when it next starts.
+        for name in list(self.pools):
+            self.destroy_pool(name)
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+@pytest.fixture(scope="module")
+def zfs_daemon(tmp_path_factory):
+    if not have("zfs-fuse", "zfs", "zpool"):
+        pytest.skip("zfs-fuse is not installed (apt-get install zfs-fuse)")
+    if not os.path.exists("/dev/fuse"):
+        pytest.skip("/dev/fuse is missing: FUSE is not available here")
+    daemon = ZfsFuse(tmp_path_factory.mktemp("zfs-fuse") / "zfs-fuse.log")
+    try:
+        daemon.start()
+        yield daemon
+    finally:
+        daemon.stop()
+
+
+@pytest.fixture
+def pool(zfs_daemon, tmp_path):
+    """A fresh pool in a file, mounted at `tmp_path/zfs`, with a dataset `<pool>/spool`."""
+    name, mount_point = zfs_daemon.create_pool(tmp_path)
+    try:
+        yield name, mount_point
+    finally:
+        zfs_daemon.destroy_pool(name)
+        (tmp_path / f"{name}.img").unlink(missing_ok=True)
+
+
+def zfs_all(pool_name) -> list[str]:
+    """Every dataset, snapshot and clone of the pool, as `zfs list -t all` names them."""
+    out = run(["zfs", "list", "-H", "-t", "all", "-o", "name", "-r", pool_name]).stdout
+    return out.split()
+
+
+def mounts_under(path) -> list[str]:
+    out = run(["findmnt", "--list", "--noheadings", "--output", "TARGET"]).stdout
+    return [m for m in out.splitlines() if m.startswith(str(path))]
+
+
+def rel(path) -> str:
+    return str(path).lstrip("/")
+
+
+def test_borgmatic_create_archives_the_snapshot_under_live_paths(tmp_path, pool, mariadb):
+    name, mount_point = pool
+    emg = Emg(tmp_path, mariadb, provider="auto", spooldir=mount_point / "spool" / "emg")
+    result = emg.borgmatic_create("-v", "1")
+    output = result.stderr + result.stdout
+    assert "snapshot provider auto: zfs" in output
+    assert f"zfs: snapshot {name}/spool@emg-borg" in output
+
+    archive, = borg_list(emg.repo)
+    paths = set(borg_list(emg.repo, archive))
+    spool = emg.tree.spooldir
+    for file in ("queue-0000.hdb", "queue-0019.hdb", "seqno.hdb", "leveldb/000005.ldb"):
+        assert rel(spool / file) in paths
+        assert borg_cat(emg.repo, archive, rel(spool / file)) == (spool / file).read_bytes()
+    assert borg_cat(emg.repo, archive, rel(spool / "seqno")) == b"1049\n"
+    # Archive paths are the live paths: nothing under the snapshot views' own path.
+    assert not [p for p in paths if p.startswith(rel(emg.runtime))]
+    expected = (rel(spool), rel(emg.tree.root), "emg-borg", "borgmatic", rel(tmp_path / "borgmatic.yaml"))
+    assert [p for p in paths if not p.startswith(expected)] == []
+
+    manifest = json.loads(borg_cat(emg.repo, archive, "emg-borg/manifest.json"))
+    assert manifest["snapshot_provider"] == "zfs"
+    assert manifest["snapshot"]["device"] == f"{name}/spool"
+    assert manifest["snapshot"]["origin"] == str(mount_point / "spool")
+    assert manifest["snapshot"]["details"]["datasets"][0]["exposed_by"] == "clone"
+    assert manifest["consistency_lock"] == "held"
+
+    assert zfs_all(name) == [name, f"{name}/spool"]
+    assert mounts_under(emg.runtime) == []
+    assert leftovers(emg) == []
+
+
+def test_change_after_snapshot_is_not_in_archive(tmp_path, pool):
+    name, mount_point = pool
+    emg = Emg(tmp_path, None, provider="zfs", spooldir=mount_point / "spool" / "emg")
+    spool = emg.tree.spooldir
+    queue, dropped = spool / "queue-0003.hdb", spool / "queue-0004.hdb"
+    frozen, frozen_dropped = queue.read_bytes(), dropped.read_bytes()
+    emg.init_repo()
+    emg.emg_borg("before-backup")
+    assert f"{name}/spool@emg-borg" in zfs_all(name) and f"{name}/spool_emg-borg" in zfs_all(name)
+    # emgd goes on writing after the snapshot, before borg reads the spool
+    queue.write_bytes(b"written after the snapshot")
+    dropped.unlink()
+    (spool / "queue-9999.hdb").write_bytes(b"created after the snapshot")
+    borg("create", "--patterns-from", str(emg.runtime / "patterns"), f"{emg.repo}::manual")
+    emg.emg_borg("after-backup")
+
+    paths = borg_list(emg.repo, "manual")
+    assert borg_cat(emg.repo, "manual", rel(queue)) == frozen
+    assert borg_cat(emg.repo, "manual", rel(dropped)) == frozen_dropped
+    assert rel(spool / "queue-9999.hdb") not in paths
+    assert queue.read_bytes() == b"written after the snapshot"  # the live spool was left alone
+
+    # What a user sees after a restore: the files as they were at the snapshot.
+    target = tmp_path / "restore"
+    target.mkdir()
+    subprocess.run(["borg", "extract", f"{emg.repo}::manual", rel(spool)], cwd=target, check=True)
+    assert (target / rel(queue)).read_bytes() == frozen
+    assert not (target / rel(spool / "queue-9999.hdb")).exists()
+
+    assert zfs_all(name) == [name, f"{name}/spool"]
+    assert mounts_under(emg.runtime) == [] and leftovers(emg) == []
+
+
+def test_second_backup_of_unchanged_spool_reads_nothing_again(tmp_path, pool):
+    name, mount_point = pool
+    emg = Emg(tmp_path, None, provider="zfs", spooldir=mount_point / "spool" / "emg")
+    config = emg.borgmatic_config()
+    config.write_text(config.read_text() + '\nextra_borg_options:\n    create: "--list --filter=AMEU"\n')
+    emg.init_repo()
+
+    def spool_status(result) -> dict:
+        marker = "/" + rel(emg.tree.spooldir) + "/"
+        statuses = {}
+        for line in (result.stderr + result.stdout).splitlines():
+            status, _, path = line.strip().partition(" ")
+            if marker in "/" + path.strip() and status in ("A", "M", "U", "E"):
+                statuses[path.strip().split(marker.lstrip("/"), 1)[1]] = status
+        return statuses
+
+    first = spool_status(run(["borgmatic", "--config", str(config), "create", "-v", "1"]))
+    second = spool_status(run(["borgmatic", "--config", str(config), "create", "-v", "1"]))
+    assert len(first) == 26 and set(first.values()) == {"A"}, first  # 20 queues, seqno.hdb, 5 leveldb files
+    assert len(second) == 26 and set(second.values()) == {"U"}, second
+    assert zfs_all(name) == [name, f"{name}/spool"] and leftovers(emg) == []
+
+
+def test_stale_leftovers_of_a_crashed_run_are_removed_and_foreign_snapshots_kept(tmp_path, pool):
+    name, mount_point = pool
+    emg = Emg(tmp_path, None, provider="zfs", spooldir=mount_point / "spool" / "emg")
+    # Someone else's snapshots and clone, and an emg-borg-named snapshot of a dataset this run
+    # does not snapshot (another installation's, perhaps): none of them is ours to remove.
+    run(["zfs", "snapshot", f"{name}/spool@someone-else"])
+    run(["zfs", "clone", f"{name}/spool@someone-else", f"{name}/someone-elses-clone"])
+    run(["zfs", "snapshot", f"{name}@emg-borg"])
+    # A run that crashed so hard that its ledger and lock are gone: its snapshot and clone stay,
+    # the clone mounted at the stable path.
+    emg.emg_borg("before-backup")
+    (emg.runtime / "ledger.json").unlink()
+    (emg.runtime / "lock").unlink()
+    assert mounts_under(emg.runtime / "snapshots")
+    foreign = [f"{name}", f"{name}@emg-borg", f"{name}/someone-elses-clone", f"{name}/spool", f"{name}/spool@someone-else"]
+    assert sorted(zfs_all(name)) == sorted(foreign + [f"{name}/spool@emg-borg", f"{name}/spool_emg-borg"])
+
+    result = emg.borgmatic_create("-v", "1")
+    output = result.stderr + result.stdout
+    assert f"zfs: destroying clone {name}/spool_emg-borg of {name}/spool@emg-borg, left by an earlier run" in output
+    assert f"zfs: destroying snapshot {name}/spool@emg-borg, left by an earlier run" in output
+    archive, = borg_list(emg.repo)
+    assert rel(emg.tree.spooldir / "queue-0000.hdb") in borg_list(emg.repo, archive)
+    assert sorted(zfs_all(name)) == sorted(foreign)
+    assert mounts_under(emg.runtime) == [] and leftovers(emg) == []
+
+
+def test_nested_datasets_longest_mount_point_wins_and_inner_dataset_is_snapshotted(tmp_path, pool):
+    """SPOOLDIR below its dataset's mount point, inside a pool whose root dataset is mounted
+    above it (/zfs and /zfs/spool); the spool's leveldb on a dataset of its own."""
+    name, mount_point = pool
+    spooldir = mount_point / "spool" / "emg"
+    run(["zfs", "create", "-o", f"mountpoint={spooldir / 'leveldb'}", f"{name}/leveldb"])
+    emg = Emg(tmp_path, None, provider="auto", spooldir=spooldir)
+    assert subprocess.run(["findmnt", "-n", "-o", "SOURCE", str(spooldir / "leveldb")], capture_output=True,
+                          text=True).stdout.strip() == f"{name}/leveldb"
+    ldb = spooldir / "leveldb" / "000005.ldb"
+    frozen = ldb.read_bytes()
+    emg.init_repo()
+    result = emg.emg_borg("before-backup")
+    assert "a dataset of its own inside the spool" in result.stderr
+    ldb.write_bytes(b"compacted after the snapshot")
+    borg("create", "--patterns-from", str(emg.runtime / "patterns"), f"{emg.repo}::nested")
+    emg.emg_borg("after-backup")
+
+    manifest = json.loads(borg_cat(emg.repo, "nested", "emg-borg/manifest.json"))
+    assert manifest["snapshot"]["device"] == f"{name}/spool"  # not the pool's root dataset
+    assert [d["dataset"] for d in manifest["snapshot"]["details"]["datasets"]] == [f"{name}/spool", f"{name}/leveldb"]
+    assert borg_cat(emg.repo, "nested", rel(ldb)) == frozen
+    assert borg_cat(emg.repo, "nested", rel(spooldir / "leveldb" / "CURRENT")) == b"MANIFEST-000002\n"
+    assert sorted(zfs_all(name)) == sorted([name, f"{name}/leveldb", f"{name}/spool"])
+    assert mounts_under(emg.runtime) == [] and leftovers(emg) == []
+
+
+def test_provider_zfs_on_a_non_zfs_spool_fails_clearly(tmp_path):
+    emg = Emg(tmp_path, None, provider="zfs")
+    result = emg.emg_borg("before-backup", check=False)
+    assert result.returncode == 1
+    assert "snapshot provider zfs: SPOOLDIR" in result.stderr and "is not on ZFS" in result.stderr
+    assert leftovers(emg) == []
