@@ -6,10 +6,11 @@ A backup (`emg-borg before-backup`) calls, in order:
         take_snapshot -> capture_message_id -> begin_dumps] -> finish_dumps
     -> backup_patterns -> manifest_fields
 
-and `after-backup` / `on-error` call `release`. A restore calls `restore_database` and
-`restore_message_id` after extracting files. The built-in behaviour is a set of plugins
-(`emg_borg.plugins.DEFAULT_PLUGINS`) registered exactly like third-party plugins, which load
-from the `emg_borg` entry-point group.
+and `after-backup` / `on-error` call `release`. A restore (`emg_borg.lifecycle.restore`) calls
+`live_message_id`, then `restore_database`, both before it extracts any file: the live id is read
+before a dump could replace it, and a refusal leaves everything untouched. The built-in behaviour
+is a set of plugins (`emg_borg.plugins.DEFAULT_PLUGINS`) registered exactly like third-party
+plugins, which load from the `emg_borg` entry-point group.
 
 `run` is an `emg_borg.lifecycle.run.BackupRun`; its attributes fill in as the lifecycle goes.
 """
@@ -104,7 +105,12 @@ def emg_borg_release(run: BackupRun) -> None:
 
 @hookspec(firstresult=True)
 def emg_borg_restore_database(restore: RestoreRun) -> bool | None:
-    """Load the archived database dump into the target database. Return True when handled."""
+    """Load the archived database dump into the target database. Return True when handled.
+
+    Load only into a missing or empty database unless `restore.load_database`; refuse (raise) a
+    non-empty one unless `restore.force_database`. `restore.fetch_dump()` extracts the dump and
+    checks it against the manifest; report with `restore.done(...)` / `restore.todo(...)`, and
+    only report what would be done when `restore.dry_run`."""
 
 
 @hookspec(firstresult=True)

@@ -67,6 +67,10 @@ def selected_roots(manifest_categories: dict, selected) -> list[str]:
 
 def pattern_lines(manifest_categories: dict, selected) -> list[str]:
     """borg pattern lines (no comments) extracting exactly the selected categories."""
+    tops = selected_roots(manifest_categories, selected)
+    if not tops:
+        # Without any root borg would extract the whole archive, the opposite of "nothing".
+        raise UsageError(f"the archive holds none of the selected categories ({', '.join(selected)})")
     roots = _roots(manifest_categories)
     lines = []
     for category, root in sorted(roots, key=lambda item: len(item[1].parts), reverse=True):
@@ -76,7 +80,7 @@ def pattern_lines(manifest_categories: dict, selected) -> list[str]:
         parent_category = max(enclosing, key=lambda r: len(r[1].parts))[0]
         if (category in selected) != (parent_category in selected):
             lines.append(f"{'+' if category in selected else '!'} pp:{root}")
-    lines.extend(f"R {root}" for root in selected_roots(manifest_categories, selected))
+    lines.extend(f"R {root}" for root in tops)
     return list(dict.fromkeys(lines))
 
 

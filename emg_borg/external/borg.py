@@ -26,15 +26,15 @@ def _error(what: str, result) -> CommandError:
     return CommandError(f"{what} failed (exit {result.returncode}): {error_line(stderr) or 'no error output'}", result.returncode, stderr)
 
 
-def error_line(stderr: str) -> str:
-    """borg's last error, from plain or `--log-json` output."""
+def error_line(stderr: str, levels=("ERROR", "CRITICAL")) -> str:
+    """borg's last error (or message of `levels`), from plain or `--log-json` output."""
     errors = []
     for line in stderr.splitlines():
         try:
             message = json.loads(line)
         except ValueError:
             continue
-        if isinstance(message, dict) and message.get("type") == "log_message" and message.get("levelname") in ("ERROR", "CRITICAL"):
+        if isinstance(message, dict) and message.get("type") == "log_message" and message.get("levelname") in levels:
             errors.append(message.get("message", "").strip())
     return errors[-1] if errors else last_line(stderr)
 
@@ -63,10 +63,13 @@ def extract(repository: str, archive: str, patterns_from, destination, progress:
     argv = (BORG, "--log-json", "extract", "--list", "--progress", "--patterns-from", str(patterns_from),
             f"{repository}::{archive}")
     logger.debug("running: %s (in %s)", describe(argv), destination)
-    process = subprocess.Popen(
-        argv, cwd=destination, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE, text=True, errors="replace",
-    )
+    try:
+        process = subprocess.Popen(
+            argv, cwd=destination, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE, text=True, errors="replace",
+        )
+    except FileNotFoundError:
+        raise CommandError(f"{BORG}: command not found (install borgbackup 1.4)")
     items, other = 0, []
     for line in process.stderr:
         try:
@@ -87,7 +90,8 @@ def extract(repository: str, archive: str, patterns_from, destination, progress:
             process.returncode, "".join(other),
         )
     if process.returncode == 1:
-        logger.warning("borg extract %s: %s", archive, error_line("".join(other)) or "finished with warnings")
+        warning = error_line("".join(other), ("WARNING",))
+        logger.warning("borg extract %s finished with warnings: %s", archive, warning or "see borg's output")
     return items
 
 

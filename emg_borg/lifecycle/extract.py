@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from emg_borg.emg import categories as category_module
-from emg_borg.errors import EmgBorgError, UsageError
+from emg_borg.errors import UsageError
 from emg_borg.external import borg
 from emg_borg.lifecycle.archives import Archive, Repository, ensure_manifest_categories, patterns_file
 
@@ -77,7 +77,7 @@ class Progress:
         current, total = message.get("current") or 0, message.get("total") or 0
         if total:
             info = message.get("info") or [""]
-            logger.info("%s: %.0f%% (%s of %s) %s", self.what, 100 * current / total, _size(current), _size(total), info[0])
+            logger.info("%s: %.0f%% (%s of %s) %s", self.what, 100 * current / total, human_size(current), human_size(total), info[0])
         else:
             logger.info("%s: %s", self.what, (message.get("message") or "working").strip())
 
@@ -85,7 +85,7 @@ class Progress:
         return time.monotonic() - self.started
 
 
-def _size(n: float) -> str:
+def human_size(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if n < 1024 or unit == "GiB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
@@ -154,8 +154,3 @@ def live_path(target: Path, path) -> Path:
     """Where the live (absolute) or archive-relative `path` lies under a restore target."""
     return Path(target) / str(path).lstrip(os.sep)
 
-
-def require_path(path: Path, what: str) -> Path:
-    if not path.exists():
-        raise EmgBorgError(f"{what} {path} is missing after extraction")
-    return path

@@ -131,7 +131,7 @@ def cmd_archives(args, config) -> int:
     print(f"{'time':<25} {'message id':>12} {'provider':<9} {'freeze ms':>10} {'dump':>10}  archive")
     for row in rows:
         freeze = "-" if row["freeze_window_ms"] is None else f"{row['freeze_window_ms']:.1f}"
-        dump = "-" if row["dump_bytes"] is None else extraction._size(row["dump_bytes"])
+        dump = "-" if row["dump_bytes"] is None else extraction.human_size(row["dump_bytes"])
         print(f"{row['time']:<25} {str(row['message_id']):>12} {str(row['snapshot_provider']):<9} {freeze:>10} "
               f"{dump:>10}  {row['name']}")
     return EXIT_OK
@@ -169,7 +169,7 @@ def _print_plan(by_category: dict, archive: Archive, as_json: bool) -> int:
     print(f"dry run: would extract from {archive.name}:")
     for category, items in by_category.items():
         size = sum(item.get("size") or 0 for item in items)
-        print(f"{category} ({len(items)} items, {extraction._size(size)}):")
+        print(f"{category} ({len(items)} items, {extraction.human_size(size)}):")
         for item in items:
             print(f"  {item['path']}")
     return EXIT_OK
@@ -225,6 +225,7 @@ def archived_layout(repository: Repository, archive: Archive) -> ArchivedLayout:
         if text is None:
             logger.warning("archive %s has no %s", archive.name, cfg_path)
         else:
+            # The layout module's own reading of a DB profile, applied to the archived server.cfg.
             db = emg_layout._db_profile(servercfg.parse(text.decode("utf-8", errors="replace"), Path(cfg_path)))
     return ArchivedLayout(
         emgdir=manifest.get("emgdir") or "", server_cfg=cfg_path or "", spooldir=manifest["spooldir"],
