@@ -156,6 +156,7 @@ def test_restore_on_empty_target_rebuilds_config_spool_and_database(emg, mariadb
     assert "2049 from the archive's message id 1049 + margin 1000" in result.stdout
     assert mariadb.sql("SELECT COUNT(*), MAX(id) FROM routelog", emg.database).split() == ["50", "1049"]
     assert "loaded the dump" in result.stdout and "start emgd" in result.stdout
+    assert "check that emgd accepts the restored license" in result.stdout
     assert "made on another machine" not in result.stderr
     assert sample.DB_PASSWORD not in result.stdout + result.stderr
 
@@ -188,7 +189,7 @@ def test_newer_live_database_raises_the_written_id(emg, mariadb, tmp_path):
     # --skip-data: configuration and seqno only; the live database was kept.
     assert {k for k in files_under(target) if k.startswith(rel(emg.tree.spooldir))} == {rel(emg.tree.spooldir / "seqno")}
     assert set(config_files(emg)) <= set(files_under(target))
-    assert "left the database" in result.stdout
+    assert "left the database" in result.stdout and "left the spool alone (--skip-data)" in result.stdout
     assert mariadb.sql("SELECT MAX(id) FROM routelog", emg.database).split() == ["5000"]
 
     again = tmp_path / "again"
@@ -218,6 +219,25 @@ def test_non_empty_database_is_replaced_only_with_force_database(emg, mariadb, t
     assert "loaded the dump" in result.stdout
 
 
+def test_restore_with_database_unreachable_restores_files_and_says_what_is_left(emg, tmp_path):
+    emg.borgmatic_create()
+    emg.write_config("none", "[mysql]\nport = 1\n")  # [mysql] overrides the archived DB profile
+    target = tmp_path / "target"
+    target.mkdir()
+    result = emg.emg_borg("restore", "--repository", str(emg.repo), "--target", str(target))
+    assert "cannot read the live message id: cannot connect to MySQL" in result.stderr
+    assert (target / rel(emg.tree.spooldir) / "seqno").read_bytes() == b"1049\n"
+    assert set(config_files(emg)) <= set(files_under(target))
+    assert "load the database dump once MySQL runs" in result.stdout
+    assert "the live database could not be read" in result.stdout
+    # Asked for explicitly, the database step is a failure, before anything is written.
+    again = tmp_path / "again"
+    again.mkdir()
+    failed = emg.emg_borg("restore", "--repository", str(emg.repo), "--target", str(again), "--database", check=False)
+    assert failed.returncode == 1 and "cannot connect to MySQL" in error_lines(failed)[0]
+    assert list(again.iterdir()) == []
+
+
 def test_restore_moves_an_existing_spool_aside(emg, tmp_path):
     emg.borgmatic_create()
     target = tmp_path / "target"
@@ -230,6 +250,30 @@ def test_restore_moves_an_existing_spool_aside(emg, tmp_path):
         k.replace(rel(emg.tree.spooldir), rel(spool), 1) for k in spool_files(emg)}
     aside = [p for p in spool.parent.iterdir() if p.name.startswith("emg.before-restore-")]
     assert len(aside) == 1 and (aside[0] / "leveldb" / "000099.ldb").read_bytes() == b"stale"
+
+
+def test_restore_in_place_repairs_the_live_installation(emg, mariadb):
+    """The default target is /: the sample tree lives under the test's temp dir at its real
+    paths, so this is the restore an operator runs on the machine itself."""
+    emg.borgmatic_create()
+    expected_config, expected_spool = config_files(emg), spool_files(emg)
+    tree = emg.tree
+    tree.server_cfg.write_text("# broken by an operator\n")
+    (tree.emgdir / "users").unlink()
+    tree.blacklist.unlink()
+    shutil.rmtree(tree.spooldir)
+    mariadb.sql("INSERT INTO routelog (id, connector) VALUES (1500, 'mgp-in1')", emg.database)
+
+    # extract --in-place puts back configuration only, over the live paths
+    emg.emg_borg("extract", "--repository", str(emg.repo), "--categories", "config", "--in-place")
+    assert {rel(p): p.read_bytes() for p in tree.config_files()} == expected_config
+    assert not tree.spooldir.exists()
+
+    result = emg.emg_borg("restore", "--repository", str(emg.repo))
+    assert {rel(tree.spooldir / k): v for k, v in files_under(tree.spooldir).items() if k != "seqno"} == expected_spool
+    assert (tree.spooldir / "seqno").read_bytes() == b"1500\n"
+    assert f"wrote {tree.spooldir / 'seqno'} = 1500 from the highest id in the live database 1500" in result.stdout
+    assert (tree.logdir / "general").exists()  # logs were never touched
 
 
 def test_restore_refuses_while_emgd_runs(emg, tmp_path):

@@ -78,7 +78,8 @@ class RestoreRun:
         return extraction.live_path(self.target, path)
 
     def done(self, text: str) -> None:
-        logger.info("%s", text)
+        # The closing checklist prints these; logged only for -v, so a terminal shows them once.
+        logger.debug("%s", text)
         self.actions.append(text)
 
     def todo(self, text: str) -> None:
@@ -207,6 +208,9 @@ def cmd_restore(args, config) -> int:
         seqno, source = message_id(restore, args.message_id)
         if "database" in selected and not restore.hook.emg_borg_restore_database(restore=restore):
             logger.warning("no plugin restored the database (server.cfg has no MySQL DB profile?)")
+        if args.skip_data:
+            restore.done("left the spool alone (--skip-data): emgd recreates empty queues, delivery reports, "
+                         "SAT pool and keyword sessions")
         files = tuple(c for c in selected if c != "database")
         if files:
             restore_files(restore, files)
@@ -240,6 +244,7 @@ def check_machine(restore: RestoreRun) -> None:
     differing = [k for k in keys if archived.get(k) != here.get(k)]
     if not differing:
         restore.done(f"this is the machine the archive was made on ({', '.join(keys)} match)")
+        restore.todo("check that emgd accepts the restored license file when it starts")
         return
     detail = ", ".join(f"{k} {archived.get(k)} there, {here.get(k)} here" for k in differing)
     logger.warning("the archive was made on another machine (%s): a new EMG license key may be needed", detail)

@@ -364,6 +364,8 @@ def emg_borg_live_message_id(restore):
         connection = server_connection(settings)
     except EmgBorgError as error:
         logger.warning("cannot read the live message id: %s", error)
+        restore.todo("the live database could not be read: if it holds message ids above the one written to seqno, "
+                     "write a higher id into SPOOLDIR/seqno before starting emgd")
         return None
     try:
         if not table_count(connection, settings.database):
