@@ -29,7 +29,7 @@ from emg_borg import config as config_module
 from emg_borg.emg import categories as category_module
 from emg_borg.emg import layout as emg_layout
 from emg_borg.emg import servercfg
-from emg_borg.errors import EXIT_OK, EmgBorgError, UsageError
+from emg_borg.errors import EXIT_OK, ConfigError, EmgBorgError, UsageError
 from emg_borg.external import borg, proc
 from emg_borg.lifecycle import extract as extraction
 from emg_borg.lifecycle.archives import Archive, Repository, emg_archives, resolve_repository, select
@@ -186,13 +186,7 @@ def cmd_restore(args, config) -> int:
     target = Path(args.target).resolve()
     if not target.is_dir():
         raise UsageError(f"restore target {target} is not a directory")
-    running = proc.pids_named("emgd")
-    if running and not args.force:
-        raise EmgBorgError(
-            f"emgd is running (pid {', '.join(map(str, running))}); restoring under it would mix its open spool files "
-            f"with the archived ones and it would not read the restored seqno. Stop it (emgd -stop) and run restore "
-            f"again, or pass --force"
-        )
+    running = check_emgd(args.force, args.dry_run)
     repository, archive = select(args)
     selected = extraction.present(archive, tuple(c for c in category_module.CATEGORIES if c in selected))
     restore = RestoreRun(
@@ -200,23 +194,51 @@ def cmd_restore(args, config) -> int:
         layout=archived_layout(repository, archive), target=target, categories=selected,
         load_database=args.database or args.force_database, force_database=args.force_database, dry_run=args.dry_run,
     )
-    if running:
-        logger.warning("emgd is running (pid %s); restoring anyway because of --force", ", ".join(map(str, running)))
-        restore.todo("restart emgd: it ran during the restore and has not read the restored files")
+    note_emgd(restore, running)
     with restore.cleanup:
-        check_machine(restore)
-        seqno, source = message_id(restore, args.message_id)
-        if "database" in selected and not restore.hook.emg_borg_restore_database(restore=restore):
-            logger.warning("no plugin restored the database (server.cfg has no MySQL DB profile?)")
-        if args.skip_data:
-            restore.done("left the spool alone (--skip-data): emgd recreates empty queues, delivery reports, "
-                         "SAT pool and keyword sessions")
-        files = tuple(c for c in selected if c != "database")
-        if files:
-            restore_files(restore, files)
-        write_seqno(restore, seqno, source)
+        try:
+            check_machine(restore)
+            seqno, source = message_id(restore, args.message_id)
+            if "database" in selected and not restore.hook.emg_borg_restore_database(restore=restore):
+                logger.warning("no plugin restored the database (server.cfg has no MySQL DB profile?)")
+            if args.skip_data:
+                restore.done("left the spool alone (--skip-data): emgd recreates empty queues, delivery reports, "
+                             "SAT pool and keyword sessions")
+            files = tuple(c for c in selected if c != "database")
+            if files:
+                restore_files(restore, files)
+            write_seqno(restore, seqno, source)
+        except BaseException:
+            # The error comes next, as one line; say what had already been done before it.
+            for line in restore.actions:
+                logger.warning("done before the failure: %s", line)
+            raise
     restore.todo("start emgd; it reads the seqno file into seqno.hdb at start-up")
     return _report(restore, seqno, source, args.json)
+
+
+def check_emgd(force: bool, dry_run: bool) -> list[int]:
+    """The ids of running emgd processes; refuses (raises) when there are any, unless forced."""
+    running = proc.pids_named("emgd")
+    if running and not force and not dry_run:
+        raise EmgBorgError(
+            f"emgd is running (pid {', '.join(map(str, running))}); restoring under it would mix its open spool files "
+            f"with the archived ones and it would not read the restored seqno. Stop it (emgd -stop) and run restore "
+            f"again, or pass --force"
+        )
+    return running
+
+
+def note_emgd(restore: RestoreRun, running: list[int]) -> None:
+    if not running:
+        return
+    pids = ", ".join(map(str, running))
+    if restore.dry_run:
+        logger.warning("emgd is running (pid %s): a real restore would refuse until it is stopped", pids)
+        restore.todo("stop emgd (emgd -stop) before the real restore")
+    else:
+        logger.warning("emgd is running (pid %s); restoring anyway because of --force", pids)
+        restore.todo("restart emgd: it ran during the restore and has not read the restored files")
 
 
 def archived_layout(repository: Repository, archive: Archive) -> ArchivedLayout:
@@ -229,8 +251,11 @@ def archived_layout(repository: Repository, archive: Archive) -> ArchivedLayout:
         if text is None:
             logger.warning("archive %s has no %s", archive.name, cfg_path)
         else:
-            # The layout module's own reading of a DB profile, applied to the archived server.cfg.
-            db = emg_layout._db_profile(servercfg.parse(text.decode("utf-8", errors="replace"), Path(cfg_path)))
+            try:
+                # The layout module's own reading of a DB profile, applied to the archived server.cfg.
+                db = emg_layout._db_profile(servercfg.parse(text.decode("utf-8", errors="replace"), Path(cfg_path)))
+            except ConfigError as error:
+                logger.warning("no database profile from the archived server.cfg (%s); using [mysql] only", error)
     return ArchivedLayout(
         emgdir=manifest.get("emgdir") or "", server_cfg=cfg_path or "", spooldir=manifest["spooldir"],
         node_id=manifest.get("node_id"), db=db,
@@ -243,7 +268,7 @@ def check_machine(restore: RestoreRun) -> None:
     keys = [k for k in ("machine_id", "product_uuid") if archived.get(k) and here.get(k)] or ["hostname"]
     differing = [k for k in keys if archived.get(k) != here.get(k)]
     if not differing:
-        restore.done(f"this is the machine the archive was made on ({', '.join(keys)} match)")
+        logger.info("this is the machine the archive was made on (%s match)", ", ".join(keys))
         restore.todo("check that emgd accepts the restored license file when it starts")
         return
     detail = ", ".join(f"{k} {archived.get(k)} there, {here.get(k)} here" for k in differing)
