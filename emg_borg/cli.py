@@ -25,7 +25,10 @@ class _Formatter(logging.Formatter):
             prefix += "error: "
         elif record.levelno >= logging.WARNING:
             prefix += "warning: "
-        return prefix + record.getMessage()
+        text = prefix + record.getMessage()
+        if record.exc_info:
+            text += "\n" + self.formatException(record.exc_info)
+        return text
 
 
 def setup_logging(verbosity: int) -> None:

@@ -15,6 +15,7 @@ import pytest
 
 from emg_borg.demo import mariadb as mariadb_module
 from emg_borg.demo import sample
+from emg_borg.demo.borgmatic import example_config
 
 ROOT = Path(__file__).resolve().parent.parent
 _db_counter = itertools.count(1)
@@ -73,12 +74,7 @@ class Emg:
 
     def borgmatic_config(self, path: Path | None = None) -> Path:
         """borgmatic-example.yaml with this test's paths substituted, nothing else changed."""
-        text = (ROOT / "borgmatic-example.yaml").read_text()
-        text = text.replace("/var/lib/emg-borg/patterns", str(self.runtime / "patterns"))
-        text = text.replace("/etc/emg-borg/config.toml", str(self.config_path))
-        text = text.replace("/var/backups/emg.borg", str(self.repo))
-        text = text.replace("encryption_passcommand: cat /etc/emg-borg/borg-passphrase",
-                            "encryption_passphrase: emg-borg-test-passphrase")
+        text = example_config(self.runtime, self.config_path, self.repo, "emg-borg-test-passphrase")
         path = path or self.tmp / "borgmatic.yaml"
         path.write_text(text)
         return path
