@@ -95,7 +95,8 @@ def main(argv=None) -> int:
         server.sql("INSERT INTO routelog (id, connector, sender, recipient, status) VALUES (5000,'mgp-in1','1','2',0)", sample.DB_NAME)
         show(["borgmatic", "--config", borgmatic_yaml, "create"], env)
         show(cli + ["archives", "--repository", repo], env)
-        archive = json.loads(show(["borg", "list", "--json", repo], env).stdout)["archives"][-1]["name"]
+        listing = subprocess.run(["borg", "list", "--json", str(repo)], env=env, capture_output=True, text=True, check=True)
+        archive = json.loads(listing.stdout)["archives"][-1]["name"]
         show(["borg", "list", "--short", f"{repo}::{archive}"], env, tail=12)
 
         step("3. Disaster: EMGDIR, the spool and the database are gone")
