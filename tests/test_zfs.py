@@ -7,7 +7,9 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -18,20 +20,31 @@ from conftest import Emg, borg, borg_cat, borg_list, have, leftovers, run
 pytestmark = [pytest.mark.e2e, pytest.mark.fuse]
 
 _pools = itertools.count(1)
+FAKES = Path(__file__).resolve().parent / "fakes"
+
+
+TEST_POOL = re.compile(r"emgt\d+x\d+")
+
+
+def quiet(*argv, timeout=60) -> subprocess.CompletedProcess:
+    """A fixture command, bounded: a wedged daemon must fail the fixture, not hang the session."""
+    return subprocess.run([str(a) for a in argv], capture_output=True, text=True, timeout=timeout)
 
 
 class ZfsFuse:
-    """The zfs-fuse daemon (ours, or one found running) and the test pools made with it."""
+    """The zfs-fuse daemon this module starts and stops, and the test pools made with it."""
 
-    def __init__(self, log: Path):
-        self.log = log
+    def __init__(self, log: Path, base: Path):
+        self.log, self.base = log, base
         self.process: subprocess.Popen | None = None
         self.pools: list[str] = []
 
     def start(self) -> None:
-        if subprocess.run(["pgrep", "-x", "zfs-fuse"], capture_output=True).returncode == 0:
-            # Somebody else's daemon: use it for our own pools, and leave it running.
-            return
+        running = quiet("pgrep", "-a", "-x", "zfs-fuse").stdout.strip()
+        if running:
+            # Another test session's (or the system's) daemon: sharing it would let whoever stops
+            # first pull the pools out from under the other.
+            pytest.skip(f"zfs-fuse is already running ({running}); not starting a second one")
         with open(self.log, "wb") as log:
             self.process = subprocess.Popen(
                 ["zfs-fuse", "--no-daemon"], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -41,7 +54,13 @@ class ZfsFuse:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 pytest.skip(f"zfs-fuse exited at start ({self.process.returncode}): {self.log.read_text()[-500:]}")
-            if subprocess.run(["zpool", "list"], capture_output=True).returncode == 0:
+            listed = quiet("zpool", "list", "-H", "-o", "name", timeout=10)
+            if listed.returncode == 0:
+                # zfs-fuse re-imports the pools it knew: test pools of a session that died.
+                for name in listed.stdout.split():
+                    if TEST_POOL.fullmatch(name):
+                        self.pools.append(name)
+                        self.destroy_pool(name)
                 return
             time.sleep(0.1)
         self.stop()
@@ -54,15 +73,16 @@ class ZfsFuse:
             f.truncate(128 * 2**20)
         mount_point = tmp_path / "zfs"
         self.pools.append(name)
-        run(["zpool", "create", "-m", mount_point, name, image])
-        run(["zfs", "create", f"{name}/spool"])
+        for argv in (("zpool", "create", "-m", mount_point, name, image), ("zfs", "create", f"{name}/spool")):
+            result = quiet(*argv)
+            assert result.returncode == 0, f"{argv}: {result.stderr}"
         return name, mount_point
 
     def destroy_pool(self, name: str) -> None:
         # -f: unmounts clones still mounted from a failed test, then destroys everything.
-        if subprocess.run(["zpool", "list", name], capture_output=True).returncode == 0:
+        if quiet("zpool", "list", name, timeout=10).returncode == 0:
             for _ in range(20):
-                if subprocess.run(["zpool", "destroy", "-f", name], capture_output=True).returncode == 0:
+                if quiet("zpool", "destroy", "-f", name).returncode == 0:
                     break
                 time.sleep(0.25)
         if name in self.pools:
@@ -70,16 +90,25 @@ class ZfsFuse:
 
     def stop(self) -> None:
         # Pools first: a daemon stopped with pools re-imports them (FAULTED) when it next starts.
-        for name in list(self.pools):
-            self.destroy_pool(name)
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.terminate()
         try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+            for name in list(self.pools):
+                self.destroy_pool(name)
+        finally:
+            if self.process is not None and self.process.poll() is None:
+                self.process.terminate()  # takes a few seconds: zfs-fuse syncs and exports
+                try:
+                    self.process.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    self.process.kill()
+                    self.process.wait()
+                    self._drop_dead_mounts()
+
+    def _drop_dead_mounts(self) -> None:
+        """A killed daemon leaves its mounts dead ("transport endpoint is not connected")."""
+        for line in quiet("findmnt", "--list", "--noheadings", "--output", "TARGET,FSTYPE").stdout.splitlines():
+            target, _, fstype = line.strip().rpartition(" ")
+            if fstype == "fuse.zfs" and target.strip().startswith(str(self.base)):
+                quiet("umount", "-l", target.strip())
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +117,7 @@ def zfs_daemon(tmp_path_factory):
         pytest.skip("zfs-fuse is not installed (apt-get install zfs-fuse)")
     if not os.path.exists("/dev/fuse"):
         pytest.skip("/dev/fuse is missing: FUSE is not available here")
-    daemon = ZfsFuse(tmp_path_factory.mktemp("zfs-fuse") / "zfs-fuse.log")
+    daemon = ZfsFuse(tmp_path_factory.mktemp("zfs-fuse") / "zfs-fuse.log", tmp_path_factory.getbasetemp())
     try:
         daemon.start()
         yield daemon
@@ -99,12 +128,14 @@ def zfs_daemon(tmp_path_factory):
 @pytest.fixture
 def pool(zfs_daemon, tmp_path):
     """A fresh pool in a file, mounted at `tmp_path/zfs`, with a dataset `<pool>/spool`."""
-    name, mount_point = zfs_daemon.create_pool(tmp_path)
+    before = set(zfs_daemon.pools)
     try:
-        yield name, mount_point
+        yield zfs_daemon.create_pool(tmp_path)
     finally:
-        zfs_daemon.destroy_pool(name)
-        (tmp_path / f"{name}.img").unlink(missing_ok=True)
+        for name in set(zfs_daemon.pools) - before:
+            zfs_daemon.destroy_pool(name)
+        for image in tmp_path.glob("emgt*.img"):
+            image.unlink()
 
 
 def zfs_all(pool_name) -> list[str]:
@@ -270,3 +301,42 @@ def test_provider_zfs_on_a_non_zfs_spool_fails_clearly(tmp_path):
     assert result.returncode == 1
     assert "snapshot provider zfs: SPOOLDIR" in result.stderr and "is not on ZFS" in result.stderr
     assert leftovers(emg) == []
+
+
+def test_openzfs_mounts_the_snapshot_itself(tmp_path, pool, monkeypatch):
+    """On OpenZFS (file system type `zfs`) the snapshot is mounted with `mount -t zfs -o ro`, no
+    clone. zfs-fuse has no such mount: tests/fakes/openzfs_view.py provides it (through a clone
+    of its own) and makes findmnt say `zfs`, and logs the exact argv emg-borg used."""
+    name, mount_point = pool
+    fakes = tmp_path / "openzfs-bin"
+    fakes.mkdir()
+    for command in ("findmnt", "mount", "umount"):
+        wrapper = fakes / command
+        wrapper.write_text(f'#!/bin/sh\nexec {sys.executable} {FAKES / "openzfs_view.py"} {command} "$@"\n')
+        wrapper.chmod(0o755)
+    log = tmp_path / "openzfs-calls.jsonl"
+    monkeypatch.setenv("FAKE_REAL_PATH", os.environ["PATH"])
+    monkeypatch.setenv("FAKE_OPENZFS_LOG", str(log))
+    monkeypatch.setenv("PATH", f"{fakes}{os.pathsep}{os.environ['PATH']}")
+
+    emg = Emg(tmp_path, None, provider="auto", spooldir=mount_point / "spool" / "emg")
+    queue = emg.tree.spooldir / "queue-0011.hdb"
+    frozen = queue.read_bytes()
+    emg.init_repo()
+    result = emg.emg_borg("before-backup")
+    assert "snapshot provider auto: zfs (SPOOLDIR" in result.stderr and " is on zfs at " in result.stderr
+    queue.write_bytes(b"written after the snapshot")
+    borg("create", "--patterns-from", str(emg.runtime / "patterns"), f"{emg.repo}::openzfs")
+    emg.emg_borg("after-backup")
+
+    assert borg_cat(emg.repo, "openzfs", rel(queue)) == frozen
+    manifest = json.loads(borg_cat(emg.repo, "openzfs", "emg-borg/manifest.json"))
+    assert manifest["snapshot"]["details"]["datasets"][0]["exposed_by"] == "mount -t zfs"
+    view = str(emg.runtime / "snapshots" / rel(mount_point / "spool"))
+    calls = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [c for c in calls if c[0] != "findmnt"] == [
+        ["mount", "-t", "zfs", "-o", "ro", f"{name}/spool@emg-borg", view],
+        ["umount", view],
+    ]
+    assert zfs_all(name) == [name, f"{name}/spool"]
+    assert mounts_under(emg.runtime) == [] and leftovers(emg) == []

@@ -79,7 +79,7 @@ def destroy(name: str, *, attempts: int = 20, delay: float = 0.1) -> None:
     """Destroy a snapshot or a clone.
 
     Right after a clone was unmounted, zfs-fuse can still answer "dataset is busy" for a moment,
-    so that answer is retried with a bound (about 10 s in all); any other error is final.
+    so that answer is retried with a bound (about 15 s in all); any other error is final.
     """
     for attempt in range(attempts):
         try:
