@@ -188,7 +188,7 @@ def discover(emg: dict, environ=os.environ) -> Layout:
             raise ConfigError(f"NODEID must be an integer, got {node_entry.value!r}", cfg_path, node_entry.line)
     return Layout(
         emgdir=emgdir, server_cfg=cfg_path, spooldir=spooldir, logdir=logdir, bindir=bindir,
-        roots=roots, references=references, known_files=known, db=_db_profile(cfg), node_id=node_id,
+        roots=roots, references=references, known_files=known, db=db_profile(cfg), node_id=node_id,
     )
 
 
@@ -229,7 +229,8 @@ def _references(cfg: servercfg.ServerCfg, emgdir: Path):
         )
 
 
-def _db_profile(cfg: servercfg.ServerCfg) -> DbProfile | None:
+def db_profile(cfg: servercfg.ServerCfg) -> DbProfile | None:
+    """The DB block named by DBPROFILE, or None when server.cfg names none."""
     entry = cfg.entry("DBPROFILE")
     if entry is None:
         return None

@@ -253,7 +253,7 @@ def archived_layout(repository: Repository, archive: Archive) -> ArchivedLayout:
         else:
             try:
                 # The layout module's own reading of a DB profile, applied to the archived server.cfg.
-                db = emg_layout._db_profile(servercfg.parse(text.decode("utf-8", errors="replace"), Path(cfg_path)))
+                db = emg_layout.db_profile(servercfg.parse(text.decode("utf-8", errors="replace"), Path(cfg_path)))
             except ConfigError as error:
                 logger.warning("no database profile from the archived server.cfg (%s); using [mysql] only", error)
     return ArchivedLayout(
