@@ -265,3 +265,12 @@ def test_spool_not_on_a_logical_volume(tmp_path, world):
     result = emg.emg_borg("before-backup", check=False)
     assert result.returncode == 1 and "which emg-borg cannot snapshot" in result.stderr
     assert world.calls() == [] and leftovers(emg) == []
+
+
+@pytest.mark.parametrize("fstype, chosen", [("ext4", "lvm"), ("xfs", "lvm"), ("btrfs", "btrfs")])
+def test_auto_picks_lvm_for_a_logical_volume_unless_the_file_system_snapshots_itself(tmp_path, world, fstype, chosen):
+    world.add_volume("vg0", "spool", tmp_path / "spool", fstype=fstype)
+    emg = Emg(tmp_path, None, provider="auto", spooldir=tmp_path / "spool" / "emg")
+    plan = json.loads(emg.emg_borg("before-backup", "--dry-run", "--json").stdout)
+    assert plan["snapshot_provider"] == chosen
+    assert world.calls() == [] and not emg.runtime.exists()

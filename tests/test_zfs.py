@@ -4,6 +4,7 @@ reports, and what `zfs list` and `findmnt` show afterwards."""
 
 from __future__ import annotations
 
+import errno
 import itertools
 import json
 import os
@@ -156,14 +157,24 @@ def rel(path) -> str:
 def test_borgmatic_create_archives_the_snapshot_under_live_paths(tmp_path, pool, mariadb):
     name, mount_point = pool
     emg = Emg(tmp_path, mariadb, provider="auto", spooldir=mount_point / "spool" / "emg")
-    result = emg.borgmatic_create("-v", "1")
+    queue = emg.tree.spooldir / "queue-0005.hdb"
+    frozen = queue.read_bytes()
+    emg.init_repo()
+    # emgd rewrites a queue file after the snapshot, before borg reads it: a hook placed after
+    # emg-borg's own before-backup hook in borgmatic's configuration does that.
+    config = emg.borgmatic_config()
+    hook = f"    - before: action\n      when: [create]\n      run:\n          - printf rewritten > {queue}\n"
+    config.write_text(config.read_text().replace("    - after: action\n", hook + "    - after: action\n", 1))
+    result = run(["borgmatic", "--config", str(config), "create", "-v", "1"])
     output = result.stderr + result.stdout
+    assert queue.read_bytes() == b"rewritten"
     assert "snapshot provider auto: zfs" in output
     assert f"zfs: snapshot {name}/spool@emg-borg" in output
 
     archive, = borg_list(emg.repo)
     paths = set(borg_list(emg.repo, archive))
     spool = emg.tree.spooldir
+    assert borg_cat(emg.repo, archive, rel(queue)) == frozen
     for file in ("queue-0000.hdb", "queue-0019.hdb", "seqno.hdb", "leveldb/000005.ldb"):
         assert rel(spool / file) in paths
         assert borg_cat(emg.repo, archive, rel(spool / file)) == (spool / file).read_bytes()
@@ -194,6 +205,11 @@ def test_change_after_snapshot_is_not_in_archive(tmp_path, pool):
     emg.init_repo()
     emg.emg_borg("before-backup")
     assert f"{name}/spool@emg-borg" in zfs_all(name) and f"{name}/spool_emg-borg" in zfs_all(name)
+    in_view = emg.runtime / "snapshots" / rel(queue)
+    assert in_view.read_bytes() == frozen
+    with pytest.raises(OSError) as refused:
+        in_view.write_bytes(b"the snapshot view is read-only")
+    assert refused.value.errno == errno.EROFS
     # emgd goes on writing after the snapshot, before borg reads the spool
     queue.write_bytes(b"written after the snapshot")
     dropped.unlink()
