@@ -53,13 +53,20 @@ def signals_raise():
 
 @contextlib.contextmanager
 def signals_deferred():
-    """Hold SIGINT/SIGTERM/SIGHUP until the block ends, so a release is never cut short."""
-    blocked = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
+    """Hold SIGINT/SIGTERM/SIGHUP until the block ends, so a release is never cut short.
+
+    The signals are recorded by handlers rather than blocked: a blocked mask would be inherited
+    by the commands the release runs (umount, zfs destroy), which could then not be stopped."""
+    received: list[int] = []
+    previous = {s: signal.signal(s, lambda signum, frame: received.append(signum))
+                for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        for s, h in previous.items():
+            signal.signal(s, h)
+    if received:
+        raise Interrupted(f"interrupted by {signal.Signals(received[0]).name} (held until everything was released)")
 
 
 def selected_categories(config) -> tuple:
