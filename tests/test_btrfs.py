@@ -21,27 +21,48 @@ def subvolumes(mount) -> str:
     return subprocess.run(["btrfs", "subvolume", "list", str(mount)], capture_output=True, text=True, check=True).stdout
 
 
-def test_archive_holds_snapshot_content_not_later_live_changes(btrfs_emg, btrfs_mount):
+def test_borgmatic_archives_snapshot_content_not_later_live_changes(btrfs_emg, btrfs_mount):
     emg = btrfs_emg
     queue = emg.tree.spooldir / "queue-0001.hdb"
     frozen = queue.read_bytes()
     emg.init_repo()
-    emg.emg_borg("before-backup")
-    assert ".emg-borg-snapshot" in subvolumes(btrfs_mount)
-    queue.write_bytes(b"changed after the snapshot")  # emgd keeps writing while borg reads
-    borg("create", "--patterns-from", str(emg.runtime / "patterns"), f"{emg.repo}::manual")
-    emg.emg_borg("after-backup")
+    # emgd rewrites a queue file after the snapshot, before borg reads it: a hook placed after
+    # emg-borg's before-backup hook does that, and also records that the snapshot exists then.
+    config = emg.borgmatic_config()
+    seen = emg.tmp / "subvolumes-during-backup"
+    hook = (f"    - before: action\n      when: [create]\n      run:\n          - printf rewritten > {queue}\n"
+            f"          - btrfs subvolume list {btrfs_mount} > {seen}\n")
+    config.write_text(config.read_text().replace("    - after: action\n", hook + "    - after: action\n", 1))
+    run(["borgmatic", "--config", str(config), "create"])
+    assert queue.read_bytes() == b"rewritten"
+    assert ".emg-borg-snapshot" in seen.read_text()
 
+    archive, = borg_list(emg.repo)
     spool = str(emg.tree.spooldir).lstrip("/")
-    assert borg_cat(emg.repo, "manual", f"{spool}/queue-0001.hdb") == frozen
-    paths = borg_list(emg.repo, "manual")
+    assert borg_cat(emg.repo, archive, f"{spool}/queue-0001.hdb") == frozen
+    paths = borg_list(emg.repo, archive)
     assert f"{spool}/leveldb/CURRENT" in paths
     assert not any(".emg-borg-snapshot" in p for p in paths)
-    manifest = json.loads(borg_cat(emg.repo, "manual", "emg-borg/manifest.json"))
+    assert not any(p.startswith(str(emg.runtime).lstrip("/")) for p in paths)
+    manifest = json.loads(borg_cat(emg.repo, archive, "emg-borg/manifest.json"))
     assert manifest["snapshot_provider"] == "btrfs"
     assert manifest["consistency_lock"] == "held"
     assert ".emg-borg-snapshot" not in subvolumes(btrfs_mount)
     assert not (btrfs_mount / "spool" / ".emg-borg-snapshot").exists()
+    assert leftovers(emg) == []
+
+
+def test_manual_hooks_around_plain_borg_create(btrfs_emg, btrfs_mount):
+    """The patterns file works with borg alone, for users who do not run borgmatic."""
+    emg = btrfs_emg
+    queue = emg.tree.spooldir / "queue-0002.hdb"
+    frozen = queue.read_bytes()
+    emg.init_repo()
+    emg.emg_borg("before-backup")
+    queue.unlink()
+    borg("create", "--patterns-from", str(emg.runtime / "patterns"), f"{emg.repo}::manual")
+    emg.emg_borg("after-backup")
+    assert borg_cat(emg.repo, "manual", str(queue).lstrip("/")) == frozen
     assert leftovers(emg) == []
 
 
