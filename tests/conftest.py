@@ -181,3 +181,19 @@ def borg_create_from(repo, archive, directory: Path) -> None:
     entries = sorted(p.name for p in directory.iterdir())
     result = subprocess.run(["borg", "create", f"{repo}::{archive}", *entries], cwd=directory, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def start_named(binary: Path, *args) -> subprocess.Popen:
+    """Start `binary` and wait until the kernel shows its name: between fork and exec the child
+    still carries the parent's name, and a process check in that moment would miss it."""
+    import time
+
+    process = subprocess.Popen([str(binary), *map(str, args)])
+    comm = Path(f"/proc/{process.pid}/comm")
+    deadline = time.monotonic() + 10
+    while comm.read_text().strip() != binary.name[:15]:
+        if time.monotonic() > deadline:
+            process.kill()
+            raise AssertionError(f"{binary} did not start")
+        time.sleep(0.01)
+    return process

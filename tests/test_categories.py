@@ -13,6 +13,8 @@ import subprocess
 from types import SimpleNamespace
 
 import pytest
+
+from conftest import start_named
 from borg.patterns import PatternMatcher, load_pattern_file
 
 from emg_borg.emg import categories
@@ -174,7 +176,7 @@ def test_pids_named_reads_proc_comm(tmp_path):
 def test_pids_named_finds_a_real_process(tmp_path):
     binary = tmp_path / "emg-borg-test-long-name"
     shutil.copy("/bin/sleep", binary)
-    process = subprocess.Popen([str(binary), "30"])
+    process = start_named(binary, 30)
     try:
         assert process.pid in proc.pids_named(binary.name)  # matched on the kernel's 15 characters
     finally:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import borg_create_from, borg_extract_all, borg_list, run, run_emg_borg
+from conftest import borg_create_from, borg_extract_all, borg_list, run, run_emg_borg, start_named
 from emg_borg.demo import sample
 
 pytestmark = pytest.mark.e2e
@@ -285,7 +285,7 @@ def test_restore_refuses_while_emgd_runs(emg, tmp_path):
     fake = tmp_path / "bin" / "emgd"
     fake.parent.mkdir()
     shutil.copy("/bin/sleep", fake)
-    process = subprocess.Popen([str(fake), "60"])
+    process = start_named(fake, 60)
     target = tmp_path / "target"
     target.mkdir()
     try:
