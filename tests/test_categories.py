@@ -9,7 +9,6 @@ import io
 import logging
 import os
 import shutil
-import subprocess
 from types import SimpleNamespace
 
 import pytest

@@ -53,7 +53,7 @@ def backups_under_load(emg: Emg, count: int) -> list[tuple[int, int, dict]]:
     results = []
     try:
         time.sleep(0.3)
-        for i in range(count):
+        for _ in range(count):
             emg.borgmatic_create()
             assert writer.poll() is None, "the writer died"
     finally:

@@ -8,10 +8,7 @@ import json
 import os
 import re
 import sys
-import textwrap
-from pathlib import Path
 
-import pytest
 
 from conftest import ROOT, run
 from emg_borg import hookspecs
