@@ -52,6 +52,15 @@ class RuntimeDir:
         self.staging = self.root / "staging"
         self.snapshots = self.root / "snapshots"
 
+    @property
+    def instance_tag(self) -> str:
+        """`emg-borg-<8 hex digits of the runtime_dir path>`: the name every snapshot, clone and
+        volume of this installation carries, so that two EMG instances (two configurations,
+        two runtime directories) never take or clean up each other's snapshots."""
+        import hashlib
+
+        return "emg-borg-" + hashlib.sha256(str(self.root).encode()).hexdigest()[:8]
+
     def ensure(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(self.root, 0o700)
