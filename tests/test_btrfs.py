@@ -8,6 +8,7 @@ import subprocess
 import pytest
 
 from conftest import Emg, borg, borg_cat, borg_list, leftovers, run
+from emg_borg.lifecycle.run import RuntimeDir
 
 pytestmark = [pytest.mark.e2e, pytest.mark.loop]
 
@@ -35,20 +36,20 @@ def test_borgmatic_archives_snapshot_content_not_later_live_changes(btrfs_emg, b
     config.write_text(config.read_text().replace("    - after: action\n", hook + "    - after: action\n", 1))
     run(["borgmatic", "--config", str(config), "create"])
     assert queue.read_bytes() == b"rewritten"
-    assert ".emg-borg-snapshot" in seen.read_text()
+    tag = RuntimeDir(emg.runtime).instance_tag
+    assert f"path {tag}" in seen.read_text()
 
     archive, = borg_list(emg.repo)
     spool = str(emg.tree.spooldir).lstrip("/")
     assert borg_cat(emg.repo, archive, f"{spool}/queue-0001.hdb") == frozen
     paths = borg_list(emg.repo, archive)
     assert f"{spool}/leveldb/CURRENT" in paths
-    assert not any(".emg-borg-snapshot" in p for p in paths)
+    assert not any(tag in p for p in paths)
     assert not any(p.startswith(str(emg.runtime).lstrip("/")) for p in paths)
     manifest = json.loads(borg_cat(emg.repo, archive, "emg-borg/manifest.json"))
     assert manifest["snapshot_provider"] == "btrfs"
     assert manifest["consistency_lock"] == "held"
-    assert ".emg-borg-snapshot" not in subvolumes(btrfs_mount)
-    assert not (btrfs_mount / "spool" / ".emg-borg-snapshot").exists()
+    assert tag not in subvolumes(btrfs_mount)
     assert leftovers(emg) == []
 
 
@@ -80,23 +81,57 @@ def test_borgmatic_auto_provider_and_unchanged_files_on_second_run(btrfs_emg, bt
     assert len(spool_lines) == 20, output
     assert all(line.lstrip().startswith("U ") or " U " in line for line in spool_lines), spool_lines
     assert len(borg_list(emg.repo)) == 2
-    assert ".emg-borg-snapshot" not in subvolumes(btrfs_mount)
+    assert "emg-borg-" not in subvolumes(btrfs_mount)
     assert leftovers(emg) == []
 
 
 def test_stale_snapshot_of_crashed_run_is_removed_foreign_kept(btrfs_emg, btrfs_mount):
     emg = btrfs_emg
+    tag = RuntimeDir(emg.runtime).instance_tag
     emg.emg_borg("before-backup")
     (emg.runtime / "ledger.json").unlink()  # the crash lost even the ledger
     (emg.runtime / "lock").unlink()
     foreign = btrfs_mount / "someone-elses-snapshot"
     subprocess.run(["btrfs", "subvolume", "snapshot", "-r", str(btrfs_mount / "spool"), str(foreign)], check=True)
     result = emg.emg_borg("before-backup")
-    assert "removing leftover snapshot" in result.stderr
+    assert "unmounting leftover snapshot view" in result.stderr and "removing leftover snapshot" in result.stderr
     emg.emg_borg("after-backup")
     listing = subvolumes(btrfs_mount)
-    assert "someone-elses-snapshot" in listing and ".emg-borg-snapshot" not in listing
+    assert "someone-elses-snapshot" in listing and tag not in listing
     assert leftovers(emg) == []
+
+
+def test_spool_that_is_a_subvolume_itself_is_never_written_to(tmp_path, mariadb, btrfs_mount):
+    """SPOOLDIR is the subvolume (the usual `btrfs subvolume create /var/spool/emg`): during the
+    backup the live spool holds exactly what it held before."""
+    emg = Emg(tmp_path, mariadb, provider="btrfs", spooldir=btrfs_mount / "spool")
+    before = sorted(p.name for p in emg.tree.spooldir.iterdir())
+    emg.emg_borg("before-backup")
+    assert sorted(p.name for p in emg.tree.spooldir.iterdir()) == before
+    emg.init_repo()
+    borg("create", "--patterns-from", str(emg.runtime / "patterns"), f"{emg.repo}::a")
+    emg.emg_borg("after-backup")
+    spool = str(emg.tree.spooldir).lstrip("/")
+    paths = set(borg_list(emg.repo, "a"))
+    assert {f"{spool}/{name}" for name in before if name != "seqno"} <= paths
+    assert [p for p in paths if p.startswith(spool + "/") and p.count("/") == spool.count("/") + 1
+            and p.rsplit("/", 1)[1] not in before] == []
+    assert leftovers(emg) == []
+
+
+def test_two_instances_on_one_file_system_keep_their_own_snapshots(tmp_path, mariadb, btrfs_mount):
+    first = Emg(tmp_path / "a", mariadb, provider="btrfs", spooldir=btrfs_mount / "spool" / "a")
+    second = Emg(tmp_path / "b", mariadb, provider="btrfs", spooldir=btrfs_mount / "spool" / "b")
+    first.emg_borg("before-backup")
+    second.emg_borg("before-backup")
+    tags = [RuntimeDir(e.runtime).instance_tag for e in (first, second)]
+    assert tags[0] != tags[1] and all(tag in subvolumes(btrfs_mount) for tag in tags)
+    second.emg_borg("after-backup")
+    assert tags[0] in subvolumes(btrfs_mount) and tags[1] not in subvolumes(btrfs_mount)
+    assert (first.runtime / "snapshots" / str(first.tree.spooldir).lstrip("/") / "queue-0000.hdb").exists()
+    first.emg_borg("after-backup")
+    assert "emg-borg-" not in subvolumes(btrfs_mount)
+    assert leftovers(first) == [] and leftovers(second) == []
 
 
 def test_auto_refuses_a_spool_it_cannot_snapshot(emg):

@@ -47,3 +47,9 @@ def mounts_under(top) -> list[Mount]:
     top = Path(top)
     inside = {m.target: m for m in all_mounts() if m.target == top or top in m.target.parents}
     return sorted(inside.values(), key=lambda m: len(m.target.parts), reverse=True)
+
+
+def is_mount_point(path) -> bool:
+    """Whether something is mounted exactly at `path` (bind mounts included)."""
+    path = Path(path)
+    return any(m.target == path for m in all_mounts())

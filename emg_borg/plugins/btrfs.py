@@ -1,27 +1,27 @@
 """Built-in plugin: the `btrfs` snapshot provider.
 
-A read-only snapshot of the subvolume holding SPOOLDIR is created inside that subvolume at the
-fixed path `<subvolume>/.emg-borg-snapshot/<subvolume path>`, so that `<subvolume>/.emg-borg-
-snapshot/./<live path>` gives borg the live path as archive path, and the path is the same on
-every run (borg's files cache then sees unchanged spool files as unchanged). Btrfs snapshots
-must live on the same file system as their origin, which is why no mount under runtime_dir is
-involved.
+A read-only snapshot of the subvolume holding SPOOLDIR is created at the top level of the same
+Btrfs file system, named after this installation (`<instance tag>`), so nothing is ever created
+inside the live spool or next to it. The file system's top level (subvolid 5) is mounted below
+`runtime_dir` for that, and the snapshot is bind-mounted at `runtime_dir/snapshots/<subvolume
+path>`: the same path on every run, so borg's files cache sees unchanged spool files as
+unchanged (a Btrfs snapshot keeps inode numbers and ctimes).
+
+Ledger entries, released newest first: the top-level mount, the snapshot, the bind mount.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 from emg_borg.errors import EmgBorgError
-from emg_borg.external import btrfs, findmnt
+from emg_borg.external import btrfs, findmnt, mount
 from emg_borg.hookspecs import hookimpl
 from emg_borg.lifecycle.run import Snapshot
 
 logger = logging.getLogger(__name__)
 NAME = "btrfs"
-SNAPSHOT_DIR = ".emg-borg-snapshot"
 
 
 @hookimpl
@@ -34,81 +34,88 @@ def emg_borg_snapshot_provider(run, filesystem):
     return NAME if filesystem == "btrfs" else None
 
 
+def _device(source: str) -> str:
+    """findmnt shows a subvolume mount's source as `/dev/sdb1[/spool]`; keep the device."""
+    return source.split("[", 1)[0]
+
+
+def _top_level_mount(run) -> Path:
+    return run.runtime.root / "btrfs-top"
+
+
+def _spool_filesystem(run):
+    found = findmnt.find(run.layout.spooldir)
+    if found is None or found.fstype != "btrfs":
+        raise EmgBorgError(
+            f"snapshot provider btrfs: SPOOLDIR {run.layout.spooldir} is not on Btrfs "
+            f"({found.fstype if found else 'unknown'} file system); set [snapshot] provider to match"
+        )
+    return found
+
+
 @hookimpl
 def emg_borg_take_snapshot(run, provider):
     if provider != NAME:
         return None
-    spooldir = run.layout.spooldir
-    mount = findmnt.find(spooldir)
-    if mount is None or mount.fstype != "btrfs":
-        raise EmgBorgError(
-            f"snapshot provider btrfs: SPOOLDIR {spooldir} is not on Btrfs "
-            f"({mount.fstype if mount else 'unknown'} file system); set [snapshot] provider to match"
-        )
-    subvolume = btrfs.subvolume_holding(spooldir, mount.target)
-    base = subvolume / SNAPSHOT_DIR
-    destination = base / str(subvolume).lstrip("/")
-    run.ledger.add(NAME, "snapshot", path=destination, base=base)
-    destination.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    btrfs.snapshot(subvolume, destination)
-    logger.info("btrfs: read-only snapshot of %s at %s", subvolume, destination)
+    filesystem = _spool_filesystem(run)
+    device = _device(filesystem.source)
+    subvolume = btrfs.subvolume_holding(run.layout.spooldir, filesystem.target)
+    top = _top_level_mount(run)
+    snapshot = top / run.runtime.instance_tag
+    view = run.runtime.snapshots / str(subvolume).lstrip("/")
+
+    run.ledger.add(NAME, "mount", target=top)
+    mount.mount(device, top, options=("subvolid=5",))
+    run.ledger.add(NAME, "snapshot", path=snapshot)
+    btrfs.snapshot(subvolume, snapshot)
+    run.ledger.add(NAME, "mount", target=view)
+    mount.mount(str(snapshot), view, options=("bind", "ro"))
+    logger.info("btrfs: read-only snapshot of %s, visible at %s", subvolume, view)
     return Snapshot(
-        provider=NAME, origin=subvolume, base=base, name=str(destination), device=mount.source,
-        # The snapshot directory is inside the subvolume: keep it out of any live root, and out of
-        # the snapshot itself, where its (empty) directory shows up.
-        prune=[base, destination / SNAPSHOT_DIR],
-        details={"subvolume": str(subvolume), "mount_point": str(mount.target)},
+        provider=NAME, origin=subvolume, base=run.runtime.snapshots, name=run.runtime.instance_tag,
+        device=device, details={"subvolume": str(subvolume), "mount_point": str(filesystem.target)},
     )
 
 
-def _remove_empty_dirs(directory: Path, base: Path) -> None:
-    """Remove `directory` and its parents up to and including `base`, while they are empty."""
-    for path in (directory, *directory.parents):
-        if path != base and base not in path.parents:
-            break
-        try:
-            path.rmdir()
-        except FileNotFoundError:
-            continue
-        except OSError:
-            break
-
-
-def _remove_snapshot(base: Path, destination: Path) -> None:
-    if btrfs.is_subvolume(destination):
-        btrfs.delete(destination)
-    _remove_empty_dirs(destination.parent, base)
+def _release(entry: dict) -> None:
+    if entry["kind"] == "mount":
+        mount.umount(Path(entry["target"]))
+    elif btrfs.is_subvolume(entry["path"]):
+        btrfs.delete(entry["path"])
 
 
 @hookimpl
 def emg_borg_release(run):
     for entry in run.ledger.of(NAME):
         try:
-            _remove_snapshot(Path(entry["base"]), Path(entry["path"]))
-            logger.info("btrfs: deleted snapshot %s", entry["path"])
+            _release(entry)
             run.ledger.remove(entry)
         except EmgBorgError as error:
-            run.release_errors.append(str(error))
+            run.release_errors.append(f"btrfs: {error}")
+    top = _top_level_mount(run)
+    if top.is_dir() and not findmnt.is_mount_point(top):
+        top.rmdir()
 
 
 @hookimpl
 def emg_borg_cleanup_stale(run):
-    """Delete emg-borg snapshots left in `<subvolume>/.emg-borg-snapshot` by a crashed run."""
+    """Remove this installation's snapshot left by a crashed run that lost its ledger: unmount
+    the views under runtime_dir, then delete `<instance tag>` at the top level of the spool's
+    file system. Snapshots of anybody else carry other names and are never touched."""
     if run.provider != NAME:
         return
-    mount = findmnt.find(run.layout.spooldir)
-    if mount is None or mount.fstype != "btrfs":
-        return
-    subvolume = btrfs.subvolume_holding(run.layout.spooldir, mount.target)
-    base = subvolume / SNAPSHOT_DIR
-    if not base.exists():
-        return
-    for directory, subdirs, _ in os.walk(base, topdown=True):
-        for name in list(subdirs):
-            path = Path(directory) / name
-            if btrfs.is_subvolume(path):
-                logger.warning("btrfs: removing leftover snapshot %s of an earlier run", path)
-                _remove_snapshot(base, path)
-                subdirs.remove(name)
-    for directory, _, _ in sorted(os.walk(base), key=lambda w: len(w[0]), reverse=True):
-        _remove_empty_dirs(Path(directory), base)
+    for target in findmnt.mounts_under(run.runtime.snapshots):
+        logger.warning("btrfs: unmounting leftover snapshot view %s of an earlier run", target.target)
+        mount.umount(target.target)
+    filesystem = _spool_filesystem(run)
+    top = _top_level_mount(run)
+    if not findmnt.is_mount_point(top):  # else a crashed run left it mounted
+        mount.mount(_device(filesystem.source), top, options=("subvolid=5",))
+    try:
+        leftover = top / run.runtime.instance_tag
+        if btrfs.is_subvolume(leftover):
+            logger.warning("btrfs: removing leftover snapshot %s of an earlier run", leftover)
+            btrfs.delete(leftover)
+    finally:
+        mount.umount(top)
+        top.rmdir()
