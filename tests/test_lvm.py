@@ -6,6 +6,7 @@ borg read the snapshot or the live spool."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sys
@@ -83,6 +84,12 @@ def world(tmp_path, monkeypatch):
     return LvmWorld(tmp_path / "lvm-world", monkeypatch)
 
 
+def tag(emg) -> str:
+    """The name every snapshot of this installation carries: emg-borg- and 8 hex digits of the
+    sha256 of its runtime directory."""
+    return "emg-borg-" + hashlib.sha256(str(emg.runtime).encode()).hexdigest()[:8]
+
+
 def rel(path) -> str:
     return str(path).lstrip("/")
 
@@ -106,7 +113,8 @@ def test_snapshot_is_archived_and_released_in_exact_sequence(tmp_path, world):
 
     result = emg.emg_borg("before-backup", "--repository", str(emg.repo))
     assert "snapshot provider auto: lvm" in result.stderr
-    assert world.snapshots() == ["vg0/spool_emg-borg"]
+    snapshot = f"spool_{tag(emg)}"
+    assert world.snapshots() == [f"vg0/{snapshot}"]
     queue.write_bytes(b"rewritten by emgd after the snapshot")
     (emg.tree.spooldir / "queue-new.hdb").write_bytes(b"created after the snapshot")
     borg("create", "--patterns-from", str(emg.runtime / "patterns"), f"{emg.repo}::lvm")
@@ -123,16 +131,15 @@ def test_snapshot_is_archived_and_released_in_exact_sequence(tmp_path, world):
     assert manifest["snapshot"]["details"]["origin_lv"] == "vg0/spool"
 
     assert world.calls() == [
-        ["lvcreate", "--snapshot", "--permission", "rw", "--extents", "10%ORIGIN", "--name", "spool_emg-borg",
-         "vg0/spool"],
-        ["mount", "-o", "ro", "/dev/vg0/spool_emg-borg", view(emg, spool_lv)],
+        ["lvcreate", "--snapshot", "--permission", "rw", "--extents", "10%ORIGIN", "--name", snapshot, "vg0/spool"],
+        ["mount", "-o", "ro", f"/dev/vg0/{snapshot}", view(emg, spool_lv)],
         ["umount", view(emg, spool_lv)],
-        ["lvremove", "--force", "vg0/spool_emg-borg"],
+        ["lvremove", "--force", f"vg0/{snapshot}"],
     ]
     # The snapshot's state was read after borg, before it was released.
     calls = world.calls(COMMANDS)
     mounted, unmounted = calls.index(world.calls()[1]), calls.index(world.calls()[2])
-    assert any(c[0] == "lvs" and c[-1] == "vg0/spool_emg-borg" for c in calls[mounted + 1:unmounted])
+    assert any(c[0] == "lvs" and c[-1] == f"vg0/{snapshot}" for c in calls[mounted + 1:unmounted])
     assert world.snapshots() == []
     assert world.mount_targets() == mounts_before
     assert leftovers(emg) == []
@@ -148,8 +155,8 @@ def test_xfs_gets_nouuid_and_a_fixed_size_goes_as_size(tmp_path, world):
     emg.emg_borg("after-backup")
 
     assert world.calls()[:2] == [
-        ["lvcreate", "--snapshot", "--permission", "rw", "--size", "512M", "--name", "emg_emg-borg", "data/emg"],
-        ["mount", "-o", "ro,nouuid", "/dev/data/emg_emg-borg", view(emg, tmp_path / "srv")],
+        ["lvcreate", "--snapshot", "--permission", "rw", "--size", "512M", "--name", f"emg_{tag(emg)}", "data/emg"],
+        ["mount", "-o", "ro,nouuid", f"/dev/data/emg_{tag(emg)}", view(emg, tmp_path / "srv")],
     ]
     assert manifest["snapshot"]["details"]["fstype"] == "xfs"
     assert manifest["snapshot"]["details"]["size"] == "512M"
@@ -162,7 +169,8 @@ def test_overflow_fails_borgmatic_loudly_naming_the_archive_and_removes_the_snap
     emg.init_repo()
     config = emg.borgmatic_config()
     # emgd writes more than the snapshot can hold while borg runs: LVM marks it invalid.
-    overflow = f"    - before: action\n      when: [create]\n      run:\n          - {sys.executable} {FAKES} fill vg0/spool_emg-borg\n"
+    snapshot = f"vg0/spool_{tag(emg)}"
+    overflow = f"    - before: action\n      when: [create]\n      run:\n          - {sys.executable} {FAKES} fill {snapshot}\n"
     text = config.read_text()
     assert "    - after: action\n" in text
     config.write_text(text.replace("    - after: action\n", overflow + "    - after: action\n", 1))
@@ -172,11 +180,11 @@ def test_overflow_fails_borgmatic_loudly_naming_the_archive_and_removes_the_snap
     assert result.returncode != 0
     archive, = borg_list(emg.repo)  # borg did write it, which is why it must be named
     assert f"DO NOT TRUST archive {emg.repo}::{archive}" in output, output
-    assert "LVM snapshot vg0/spool_emg-borg of vg0/spool overflowed during the backup" in output
+    assert f"LVM snapshot {snapshot} of vg0/spool overflowed during the backup" in output
     assert "lv_attr swi-I-s---, 100.00% full" in output
     manifest = json.loads(borg_cat(emg.repo, archive, "emg-borg/manifest.json"))
     assert manifest["run_id"] in output
-    assert ["lvremove", "--force", "vg0/spool_emg-borg"] in world.calls()
+    assert ["lvremove", "--force", snapshot] in world.calls()
     assert world.snapshots() == [] and world.mount_targets() == ["/", str(tmp_path / "spool")]
     assert leftovers(emg) == []
 
@@ -185,7 +193,7 @@ def test_overflow_without_repository_names_the_run(tmp_path, world):
     world.add_volume("vg0", "spool", tmp_path / "spool")
     emg = Emg(tmp_path, None, provider="lvm", spooldir=tmp_path / "spool" / "emg")
     manifest = json.loads(emg.emg_borg("before-backup", "--json").stdout)
-    run([sys.executable, FAKES, "fill", "vg0/spool_emg-borg"])
+    run([sys.executable, FAKES, "fill", f"vg0/spool_{tag(emg)}"])
     result = emg.emg_borg("after-backup", check=False)
     assert result.returncode == 1
     error, = [line for line in result.stderr.splitlines() if line.startswith("emg-borg: error:")]
@@ -195,30 +203,79 @@ def test_overflow_without_repository_names_the_run(tmp_path, world):
 
 def test_stale_leftover_is_removed_and_foreign_snapshots_are_kept(tmp_path, world):
     world.add_volume("vg0", "spool", tmp_path / "spool")
-    world.add_volume("vg0", "other", tmp_path / "other")
     emg = Emg(tmp_path, None, provider="lvm", spooldir=tmp_path / "spool" / "emg")
-    # Someone else's snapshot of the same LV, and an emg-borg-named snapshot of another LV
-    # (another installation's): neither is ours.
-    run(["lvcreate", "--snapshot", "--permission", "rw", "--size", "1G", "--name", "spool_nightly", "vg0/spool"])
-    run(["lvcreate", "--snapshot", "--permission", "rw", "--size", "1G", "--name", "other_emg-borg", "vg0/other"])
+    ours, theirs = f"vg0/spool_{tag(emg)}", "vg0/spool_emg-borg-0badcafe"
+    assert ours != theirs
+    # Someone else's snapshot of the same LV, and another emg-borg installation's (another
+    # runtime directory, so another tag): neither is ours.
+    for name in ("spool_nightly", theirs.split("/")[1]):
+        run(["lvcreate", "--snapshot", "--permission", "rw", "--size", "1G", "--name", name, "vg0/spool"])
     # A run that crashed so hard that its ledger and lock are gone: snapshot made and mounted.
     emg.emg_borg("before-backup")
     (emg.runtime / "ledger.json").unlink()
     (emg.runtime / "lock").unlink()
-    assert world.snapshots() == ["vg0/other_emg-borg", "vg0/spool_emg-borg", "vg0/spool_nightly"]
+    assert world.snapshots() == sorted([ours, theirs, "vg0/spool_nightly"])
     world.clear_calls()
 
     emg.init_repo()
     result = emg.borgmatic_create("-v", "1")
     output = result.stdout + result.stderr
-    assert f"lvm: unmounting {view(emg, tmp_path / 'spool')} (vg0/spool_emg-borg), left mounted by an earlier run" in output
-    assert "lvm: removing snapshot vg0/spool_emg-borg of vg0/spool, left by an earlier run" in output
-    assert world.calls()[:2] == [["umount", view(emg, tmp_path / "spool")], ["lvremove", "--force", "vg0/spool_emg-borg"]]
+    assert f"lvm: unmounting {view(emg, tmp_path / 'spool')} ({ours}), left mounted by an earlier run" in output
+    assert f"lvm: removing snapshot {ours} of vg0/spool, left by an earlier run" in output
+    assert world.calls()[:2] == [["umount", view(emg, tmp_path / "spool")], ["lvremove", "--force", ours]]
+    assert theirs not in output
     archive, = borg_list(emg.repo)
     assert rel(emg.tree.spooldir / "queue-0000.hdb") in borg_list(emg.repo, archive)
-    assert world.snapshots() == ["vg0/other_emg-borg", "vg0/spool_nightly"]
+    assert world.snapshots() == sorted([theirs, "vg0/spool_nightly"])
     assert view(emg, tmp_path / "spool") not in world.mount_targets()
     assert leftovers(emg) == []
+
+
+def test_two_instances_on_one_volume_keep_their_own_snapshots(tmp_path, world):
+    """Two EMG instances (two configurations, two runtime directories) with their spools on the
+    same LV: each backs up from its own snapshot and releases only its own."""
+    world.add_volume("vg0", "spool", tmp_path / "spool")
+    first = Emg(tmp_path / "first", None, provider="lvm", spooldir=tmp_path / "spool" / "emg1")
+    second = Emg(tmp_path / "second", None, provider="lvm", spooldir=tmp_path / "spool" / "emg2")
+    snap1, snap2 = f"vg0/spool_{tag(first)}", f"vg0/spool_{tag(second)}"
+    assert snap1 != snap2
+    queue1, queue2 = first.tree.spooldir / "queue-0001.hdb", second.tree.spooldir / "queue-0002.hdb"
+    frozen1 = queue1.read_bytes()
+
+    first.emg_borg("before-backup")
+    assert world.snapshots() == [snap1]
+    queue1.write_bytes(b"written after the first snapshot")
+    result = second.emg_borg("before-backup")
+    assert snap1 not in result.stderr  # not taken for a leftover
+    assert world.snapshots() == sorted([snap1, snap2])
+    assert ["lvremove", "--force", snap1] not in world.calls()
+    frozen2 = queue2.read_bytes()
+    queue2.write_bytes(b"written after the second snapshot")
+
+    # Each instance's borg reads its own snapshot: the first's from before the second was taken.
+    for emg, queue, frozen in ((first, queue1, frozen1), (second, queue2, frozen2)):
+        emg.init_repo()
+        borg("create", "--patterns-from", str(emg.runtime / "patterns"), f"{emg.repo}::both")
+        assert borg_cat(emg.repo, "both", rel(queue)) == frozen
+
+    first.emg_borg("after-backup")
+    assert world.snapshots() == [snap2]
+    assert view(second, tmp_path / "spool") in world.mount_targets()
+    assert view(first, tmp_path / "spool") not in world.mount_targets()
+    second.emg_borg("after-backup")
+    assert world.snapshots() == []
+    assert [c for c in world.calls(("lvremove",))] == [["lvremove", "--force", snap1], ["lvremove", "--force", snap2]]
+    assert leftovers(first) == [] and leftovers(second) == []
+
+
+def test_snapshot_name_too_long_for_lvm_is_refused_before_lvcreate(tmp_path, world):
+    long_name = "s" * 110  # + "_emg-borg-xxxxxxxx" is more than LVM's 127 characters
+    world.add_volume("vg0", long_name, tmp_path / "spool")
+    emg = Emg(tmp_path, None, provider="lvm", spooldir=tmp_path / "spool" / "emg")
+    result = emg.emg_borg("before-backup", check=False)
+    assert result.returncode == 1
+    assert f"lvm: cannot name a logical volume vg0/{long_name}_{tag(emg)}: 128 characters, LVM allows 127" in result.stderr
+    assert world.calls() == [] and world.snapshots() == [] and leftovers(emg) == []
 
 
 def test_config_from_the_snapshot_and_a_root_on_another_volume_read_live(tmp_path, world):

@@ -5,6 +5,7 @@ reports, and what `zfs list` and `findmnt` show afterwards."""
 from __future__ import annotations
 
 import errno
+import hashlib
 import itertools
 import json
 import os
@@ -154,6 +155,12 @@ def rel(path) -> str:
     return str(path).lstrip("/")
 
 
+def tag(emg) -> str:
+    """The name every snapshot and clone of this installation carries: emg-borg- and 8 hex
+    digits of the sha256 of its runtime directory."""
+    return "emg-borg-" + hashlib.sha256(str(emg.runtime).encode()).hexdigest()[:8]
+
+
 def test_borgmatic_create_archives_the_snapshot_under_live_paths(tmp_path, pool, mariadb):
     name, mount_point = pool
     emg = Emg(tmp_path, mariadb, provider="auto", spooldir=mount_point / "spool" / "emg")
@@ -169,7 +176,7 @@ def test_borgmatic_create_archives_the_snapshot_under_live_paths(tmp_path, pool,
     output = result.stderr + result.stdout
     assert queue.read_bytes() == b"rewritten"
     assert "snapshot provider auto: zfs" in output
-    assert f"zfs: snapshot {name}/spool@emg-borg" in output
+    assert f"zfs: snapshot {name}/spool@{tag(emg)}" in output
 
     archive, = borg_list(emg.repo)
     paths = set(borg_list(emg.repo, archive))
@@ -204,7 +211,7 @@ def test_change_after_snapshot_is_not_in_archive(tmp_path, pool):
     frozen, frozen_dropped = queue.read_bytes(), dropped.read_bytes()
     emg.init_repo()
     emg.emg_borg("before-backup")
-    assert f"{name}/spool@emg-borg" in zfs_all(name) and f"{name}/spool_emg-borg" in zfs_all(name)
+    assert f"{name}/spool@{tag(emg)}" in zfs_all(name) and f"{name}/spool_{tag(emg)}" in zfs_all(name)
     in_view = emg.runtime / "snapshots" / rel(queue)
     assert in_view.read_bytes() == frozen
     with pytest.raises(OSError) as refused:
@@ -260,28 +267,68 @@ def test_second_backup_of_unchanged_spool_reads_nothing_again(tmp_path, pool):
 def test_stale_leftovers_of_a_crashed_run_are_removed_and_foreign_snapshots_kept(tmp_path, pool):
     name, mount_point = pool
     emg = Emg(tmp_path, None, provider="zfs", spooldir=mount_point / "spool" / "emg")
-    # Someone else's snapshots and clone, and an emg-borg-named snapshot of a dataset this run
-    # does not snapshot (another installation's, perhaps): none of them is ours to remove.
+    ours = tag(emg)
+    theirs = "emg-borg-0badcafe"
+    assert ours != theirs
+    # Someone else's snapshot and clone, and another emg-borg installation's (another runtime
+    # directory, so another tag) snapshot and clone of the same dataset: none of them is ours.
     run(["zfs", "snapshot", f"{name}/spool@someone-else"])
     run(["zfs", "clone", f"{name}/spool@someone-else", f"{name}/someone-elses-clone"])
-    run(["zfs", "snapshot", f"{name}@emg-borg"])
+    run(["zfs", "snapshot", f"{name}/spool@{theirs}"])
+    run(["zfs", "clone", "-o", f"mountpoint={tmp_path / 'other-instance-view'}", "-o", "readonly=on",
+         f"{name}/spool@{theirs}", f"{name}/spool_{theirs}"])
     # A run that crashed so hard that its ledger and lock are gone: its snapshot and clone stay,
     # the clone mounted at the stable path.
     emg.emg_borg("before-backup")
     (emg.runtime / "ledger.json").unlink()
     (emg.runtime / "lock").unlink()
     assert mounts_under(emg.runtime / "snapshots")
-    foreign = [f"{name}", f"{name}@emg-borg", f"{name}/someone-elses-clone", f"{name}/spool", f"{name}/spool@someone-else"]
-    assert sorted(zfs_all(name)) == sorted(foreign + [f"{name}/spool@emg-borg", f"{name}/spool_emg-borg"])
+    foreign = [name, f"{name}/someone-elses-clone", f"{name}/spool", f"{name}/spool@someone-else",
+               f"{name}/spool@{theirs}", f"{name}/spool_{theirs}"]
+    assert sorted(zfs_all(name)) == sorted(foreign + [f"{name}/spool@{ours}", f"{name}/spool_{ours}"])
 
     result = emg.borgmatic_create("-v", "1")
     output = result.stderr + result.stdout
-    assert f"zfs: destroying clone {name}/spool_emg-borg of {name}/spool@emg-borg, left by an earlier run" in output
-    assert f"zfs: destroying snapshot {name}/spool@emg-borg, left by an earlier run" in output
+    assert f"zfs: destroying clone {name}/spool_{ours} of {name}/spool@{ours}, left by an earlier run" in output
+    assert f"zfs: destroying snapshot {name}/spool@{ours}, left by an earlier run" in output
+    assert theirs not in output
     archive, = borg_list(emg.repo)
     assert rel(emg.tree.spooldir / "queue-0000.hdb") in borg_list(emg.repo, archive)
     assert sorted(zfs_all(name)) == sorted(foreign)
     assert mounts_under(emg.runtime) == [] and leftovers(emg) == []
+
+
+def test_two_instances_on_one_dataset_keep_their_own_snapshots(tmp_path, pool):
+    """Two EMG instances (two configurations, two runtime directories) with their spools on the
+    same dataset: each backs up from its own snapshot and releases only its own."""
+    name, mount_point = pool
+    first = Emg(tmp_path / "first", None, provider="zfs", spooldir=mount_point / "spool" / "emg1")
+    second = Emg(tmp_path / "second", None, provider="zfs", spooldir=mount_point / "spool" / "emg2")
+    own = {emg: [f"{name}/spool@{tag(emg)}", f"{name}/spool_{tag(emg)}"] for emg in (first, second)}
+    assert own[first] != own[second]
+    queue1, queue2 = first.tree.spooldir / "queue-0001.hdb", second.tree.spooldir / "queue-0002.hdb"
+    frozen1 = queue1.read_bytes()
+
+    first.emg_borg("before-backup")
+    queue1.write_bytes(b"written after the first snapshot")
+    result = second.emg_borg("before-backup")
+    assert tag(first) not in result.stderr  # not taken for a leftover
+    assert sorted(zfs_all(name)) == sorted([name, f"{name}/spool", *own[first], *own[second]])
+    frozen2 = queue2.read_bytes()
+    queue2.write_bytes(b"written after the second snapshot")
+
+    # Each instance's borg reads its own snapshot: the first's from before the second was taken.
+    for emg, queue, frozen in ((first, queue1, frozen1), (second, queue2, frozen2)):
+        emg.init_repo()
+        borg("create", "--patterns-from", str(emg.runtime / "patterns"), f"{emg.repo}::both")
+        assert borg_cat(emg.repo, "both", rel(queue)) == frozen
+
+    first.emg_borg("after-backup")
+    assert sorted(zfs_all(name)) == sorted([name, f"{name}/spool", *own[second]])
+    assert mounts_under(first.runtime) == [] and mounts_under(second.runtime)
+    second.emg_borg("after-backup")
+    assert zfs_all(name) == [name, f"{name}/spool"]
+    assert leftovers(first) == [] and leftovers(second) == []
 
 
 def test_nested_datasets_longest_mount_point_wins_and_inner_dataset_is_snapshotted(tmp_path, pool):
@@ -351,7 +398,7 @@ def test_openzfs_mounts_the_snapshot_itself(tmp_path, pool, monkeypatch):
     view = str(emg.runtime / "snapshots" / rel(mount_point / "spool"))
     calls = [json.loads(line) for line in log.read_text().splitlines()]
     assert [c for c in calls if c[0] != "findmnt"] == [
-        ["mount", "-t", "zfs", "-o", "ro", f"{name}/spool@emg-borg", view],
+        ["mount", "-t", "zfs", "-o", "ro", f"{name}/spool@{tag(emg)}", view],
         ["umount", view],
     ]
     assert zfs_all(name) == [name, f"{name}/spool"]

@@ -9,9 +9,20 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 
-from emg_borg.errors import CommandError
+from emg_borg.errors import CommandError, EmgBorgError
 from emg_borg.external.execute import run
+
+# LVM's name rules (lvm(8), "VALID NAMES"): letters, digits and `+_.-`, not starting with `-`,
+# at most 127 characters; `.` and `..` and names starting with `snapshot` or `pvmove` or holding
+# one of LVM's internal suffixes are reserved. The device-mapper name `<vg>-<lv>` (each `-`
+# doubled) must fit in 127 characters too.
+NAME_MAX = 127
+VALID_NAME = re.compile(r"[A-Za-z0-9+_.][A-Za-z0-9+_.-]*")
+RESERVED_PREFIXES = ("snapshot", "pvmove")
+RESERVED_PARTS = ("_cdata", "_cmeta", "_corig", "_iorig", "_imeta", "_mimage", "_mlog", "_pmspare", "_rimage",
+                  "_rmeta", "_tdata", "_tmeta", "_vdata", "_vorigin", "_wcorig")
 
 FIELDS = ("lv_name", "vg_name", "lv_path", "lv_dm_path", "lv_attr", "origin", "data_percent")
 
@@ -55,6 +66,26 @@ class LogicalVolume:
             return True
         real = os.path.realpath(device)
         return any(path and os.path.exists(path) and os.path.realpath(path) == real for path in (self.lv_path, self.lv_dm_path))
+
+
+def dm_name(vg_name: str, lv_name: str) -> str:
+    """The device-mapper name of `vg/lv`: `-` doubled in each part, joined by `-`."""
+    return f"{vg_name.replace('-', '--')}-{lv_name.replace('-', '--')}"
+
+
+def check_new_name(vg_name: str, lv_name: str) -> None:
+    """Raise EmgBorgError naming the rule when LVM would refuse `lv_name` as a new LV of `vg_name`."""
+    problem = None
+    if not VALID_NAME.fullmatch(lv_name) or lv_name in (".", ".."):
+        problem = "only letters, digits and +_.- are allowed, and not a leading -"
+    elif len(lv_name) > NAME_MAX:
+        problem = f"{len(lv_name)} characters, LVM allows {NAME_MAX}"
+    elif len(dm_name(vg_name, lv_name)) > NAME_MAX:
+        problem = f"its device-mapper name {dm_name(vg_name, lv_name)} is longer than {NAME_MAX} characters"
+    elif lv_name.startswith(RESERVED_PREFIXES) or any(part in lv_name for part in RESERVED_PARTS):
+        problem = "LVM reserves that prefix or suffix for its internal volumes"
+    if problem:
+        raise EmgBorgError(f"lvm: cannot name a logical volume {vg_name}/{lv_name}: {problem}")
 
 
 def logical_volumes(name: str | None = None) -> list[LogicalVolume]:

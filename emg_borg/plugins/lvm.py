@@ -1,8 +1,10 @@
 """Built-in plugin: the `lvm` snapshot provider.
 
 The logical volume mounted at the longest mount point containing SPOOLDIR gets a snapshot LV
-`<lv>_emg-borg` (`lvcreate --snapshot`, `[snapshot] lvm_snapshot_size`, default `10%ORIGIN`),
-mounted read-only at the stable path `<runtime_dir>/snapshots/<mount point>` (`nouuid` for XFS,
+`<lv>_<tag>` (`lvcreate --snapshot`, `[snapshot] lvm_snapshot_size`, default `10%ORIGIN`), where
+`<tag>` is the installation's `instance_tag` (`emg-borg-<8 hex digits>` of its runtime
+directory), so two EMG instances whose spools share an LV never take or remove each other's
+snapshot. It is mounted read-only at the stable path `<runtime_dir>/snapshots/<mount point>` (`nouuid` for XFS,
 which refuses a second mount of the same file system UUID otherwise).
 
 An LVM snapshot is copy-on-write space of a fixed size: when emgd rewrites more of the volume
@@ -30,9 +32,13 @@ from emg_borg.lifecycle.run import Snapshot
 
 logger = logging.getLogger(__name__)
 NAME = "lvm"
-SUFFIX = "_emg-borg"
 MANIFEST = "emg-borg/manifest.json"
 ARCHIVES_SEARCHED = 10  # the run's archive is among the newest; older ones are not read
+
+
+def snapshot_lv_name(origin_lv: str, tag: str) -> str:
+    """This installation's snapshot of the LV `origin_lv` (its name within the VG): `<lv>_<tag>`."""
+    return f"{origin_lv}_{tag}"
 
 
 @hookimpl
@@ -88,9 +94,11 @@ def emg_borg_take_snapshot(run, provider):
             f"is mounted inside an archived root, and LVM cannot snapshot two volumes in one instant"
         )
     size = run.config["snapshot"]["lvm_snapshot_size"]
-    snapshot = f"{origin.vg_name}/{origin.lv_name}{SUFFIX}"
+    lv_name = snapshot_lv_name(origin.lv_name, run.runtime.instance_tag)
+    lvm.check_new_name(origin.vg_name, lv_name)
+    snapshot = f"{origin.vg_name}/{lv_name}"
     run.ledger.add(NAME, "snapshot", name=snapshot, origin=origin.full_name)
-    lvm.create_snapshot(origin.full_name, snapshot.split("/", 1)[1], size)
+    lvm.create_snapshot(origin.full_name, lv_name, size)
     created = lvm.logical_volumes(snapshot)
     if not created:
         raise EmgBorgError(f"lvm: lvcreate reported success but lvs does not list {snapshot}")
@@ -180,18 +188,19 @@ def emg_borg_release(run):
 
 @hookimpl
 def emg_borg_cleanup_stale(run):
-    """Remove what a crashed run left and the ledger does not list: the `<lv>_emg-borg` snapshot
-    of the LV holding SPOOLDIR, unmounted first wherever it is mounted."""
+    """Remove what a crashed run of this installation left and the ledger does not list: snapshots
+    `<lv>_<tag>` of an LV `<lv>`, where `<tag>` is this installation's own `instance_tag`, unmounted
+    first wherever they are mounted. Another installation's (another tag) are left alone."""
     if run.provider != NAME:
         return
-    _, origin = _spool_volume(run)
+    _spool_volume(run)  # SPOOLDIR not on LVM: say that, before removing anything
+    tag = run.runtime.instance_tag
     for lv in lvm.logical_volumes():
-        if not (lv.is_snapshot and lv.vg_name == origin.vg_name and lv.origin == origin.lv_name
-                and lv.lv_name == origin.lv_name + SUFFIX):
+        if not (lv.is_snapshot and lv.origin and lv.lv_name == snapshot_lv_name(lv.origin, tag)):
             continue
         for found in sorted(findmnt.all_mounts(), key=lambda m: len(m.target.parts), reverse=True):
             if lv.has_device(found.source):
                 logger.warning("lvm: unmounting %s (%s), left mounted by an earlier run", found.target, lv.full_name)
                 mount.umount(found.target)
-        logger.warning("lvm: removing snapshot %s of %s, left by an earlier run", lv.full_name, origin.full_name)
+        logger.warning("lvm: removing snapshot %s of %s/%s, left by an earlier run", lv.full_name, lv.vg_name, lv.origin)
         lvm.remove(lv.full_name)

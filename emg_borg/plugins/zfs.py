@@ -1,11 +1,14 @@
 """Built-in plugin: the `zfs` snapshot provider (OpenZFS and zfs-fuse).
 
 The dataset mounted at the longest mount point containing SPOOLDIR gets a snapshot named
-`<dataset>@emg-borg`. Borg cannot read a snapshot directly, so it is made visible read-only at
-the stable path `<runtime_dir>/snapshots/<mount point>`: with OpenZFS by `mount -t zfs -o ro`,
-with zfs-fuse (which has neither `mount -t zfs` nor `.zfs/snapshot`) through a read-only clone
-`<dataset>_emg-borg` whose mountpoint is that path. A clone keeps the snapshot's inode numbers
-and times, so with the path unchanged borg's files cache still recognises unchanged files.
+`<dataset>@<tag>`, where `<tag>` is the installation's `instance_tag` (`emg-borg-<8 hex digits>`
+of its runtime directory), so that two EMG instances whose spools share a dataset never take or
+remove each other's snapshot. Borg cannot read a snapshot directly, so it is made visible
+read-only at the stable path `<runtime_dir>/snapshots/<mount point>`: with OpenZFS by
+`mount -t zfs -o ro`, with zfs-fuse (which has neither `mount -t zfs` nor `.zfs/snapshot`)
+through a read-only clone `<dataset>_<tag>` whose mountpoint is that path. A clone keeps the
+snapshot's inode numbers and times, so with the path unchanged borg's files cache still
+recognises unchanged files.
 
 Datasets mounted below the snapshot's origin where an archived root meets them (the spool's
 `leveldb` on a dataset of its own; a referenced file on `/srv` when the snapshot is of `/`) are
@@ -15,9 +18,9 @@ which the log says when it concerns the spool. A non-ZFS file system holding an 
 read live where it is; one inside an archived root is refused.
 
 Everything is written to the ledger before it is created and released newest first: clone or
-mount, then snapshot. A crashed run's leftovers are found by name (`@emg-borg`, `_emg-borg`) but
-only for the datasets this run snapshots or clones mounted in this runtime directory, so another
-emg-borg installation's running backup and anybody else's snapshots are never touched.
+mount, then snapshot. A crashed run's leftovers are found by this installation's tag (`@<tag>`
+snapshots, `_<tag>` clones of them), so another emg-borg installation's running backup (another
+tag) and anybody else's snapshots are never touched.
 """
 
 from __future__ import annotations
@@ -34,8 +37,6 @@ from emg_borg.lifecycle.run import Snapshot
 
 logger = logging.getLogger(__name__)
 NAME = "zfs"
-SNAPSHOT_NAME = "emg-borg"
-CLONE_SUFFIX = "_emg-borg"
 OPENZFS = "zfs"
 ZFS_FUSE = "fuse.zfs"
 FSTYPES = (OPENZFS, ZFS_FUSE)
@@ -51,10 +52,15 @@ def emg_borg_snapshot_provider(run, filesystem):
     return NAME if filesystem in FSTYPES else None
 
 
-def clone_name(dataset: str) -> str:
-    """The clone of `dataset`'s snapshot: a sibling named `<dataset>_emg-borg`, or for a pool's
-    root dataset (which has no siblings) a child `<pool>/<pool>_emg-borg`."""
-    return f"{dataset}{CLONE_SUFFIX}" if "/" in dataset else f"{dataset}/{dataset}{CLONE_SUFFIX}"
+def snapshot_name(dataset: str, tag: str) -> str:
+    """This installation's snapshot of `dataset`: `<dataset>@<tag>`."""
+    return f"{dataset}@{tag}"
+
+
+def clone_name(dataset: str, tag: str) -> str:
+    """The clone of `dataset`'s snapshot: a sibling named `<dataset>_<tag>`, or for a pool's
+    root dataset (which has no siblings) a child `<pool>/<pool>_<tag>`."""
+    return f"{dataset}_{tag}" if "/" in dataset else f"{dataset}/{dataset}_{tag}"
 
 
 def _spool_mount(run) -> findmnt.Mount:
@@ -71,14 +77,15 @@ def _spool_mount(run) -> findmnt.Mount:
 
 def _expose(run, dataset: str, fstype: str, where: Path) -> dict:
     """Snapshot `dataset` and make the snapshot visible read-only at `where`."""
-    snapshot = f"{dataset}@{SNAPSHOT_NAME}"
+    tag = run.runtime.instance_tag
+    snapshot = snapshot_name(dataset, tag)
     run.ledger.add(NAME, "snapshot", name=snapshot)
     zfs.snapshot(snapshot)
     if fstype == OPENZFS:
         run.ledger.add(NAME, "mount", target=where, source=snapshot)
         mount.mount(snapshot, where, fstype="zfs", options=("ro",))
         return {"dataset": dataset, "snapshot": snapshot, "mount": str(where), "exposed_by": "mount -t zfs"}
-    clone = clone_name(dataset)
+    clone = clone_name(dataset, tag)
     run.ledger.add(NAME, "clone", name=clone, origin=snapshot, target=where)
     # zfs-fuse creates a missing mount point itself, but with its own mode; ours is private.
     where.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -158,14 +165,14 @@ def emg_borg_release(run):
 
 @hookimpl
 def emg_borg_cleanup_stale(run):
-    """Remove what a crashed run left and the ledger does not list: `@emg-borg` snapshots of the
-    datasets this run snapshots, their `_emg-borg` clones, and ZFS mounts or emg-borg clones
-    under this runtime directory's snapshot views."""
+    """Remove what a crashed run of this installation left and the ledger does not list: ZFS
+    mounts under this runtime directory's snapshot views, clones `<dataset>_<tag>` of snapshots
+    `<dataset>@<tag>`, then those snapshots, where `<tag>` is this installation's own
+    `instance_tag`. Another installation's (another tag) and anybody else's are left alone."""
     if run.provider != NAME:
         return
-    spool = _spool_mount(run)
-    nested = volumes.nested_mounts(run, spool.target)
-    ours = {f"{m.source}@{SNAPSHOT_NAME}" for m in [spool, *nested.in_roots, *nested.holding_roots] if m.fstype in FSTYPES}
+    _spool_mount(run)  # SPOOLDIR not on ZFS: say that, before asking zfs anything
+    tag = run.runtime.instance_tag
     views = run.runtime.snapshots
     for found in findmnt.mounts_under(views):
         if found.fstype == OPENZFS:
@@ -173,15 +180,14 @@ def emg_borg_cleanup_stale(run):
             mount.umount(found.target)
     everything = zfs.list_datasets()
     for dataset in everything:
-        if dataset.type != "filesystem" or not dataset.name.endswith(CLONE_SUFFIX):
+        if dataset.type != "filesystem" or "@" not in dataset.origin:
             continue
-        if not dataset.origin.endswith(f"@{SNAPSHOT_NAME}"):
-            continue
-        if dataset.origin in ours or volumes.inside(Path(dataset.mountpoint), views):
+        origin_dataset, _, origin_snapshot = dataset.origin.partition("@")
+        if origin_snapshot == tag and dataset.name == clone_name(origin_dataset, tag):
             logger.warning("zfs: destroying clone %s of %s, left by an earlier run", dataset.name, dataset.origin)
             _release_clone({"name": dataset.name, "origin": dataset.origin})
     for dataset in everything:
-        if dataset.type == "snapshot" and dataset.name in ours:
+        if dataset.type == "snapshot" and dataset.snapshot_name == tag:
             logger.warning("zfs: destroying snapshot %s, left by an earlier run", dataset.name)
             try:
                 zfs.destroy(dataset.name)

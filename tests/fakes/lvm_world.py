@@ -16,6 +16,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -77,6 +78,8 @@ def lvcreate(state, argv):
     size_option, size, name, origin_name = argv[3], argv[4], argv[6], argv[7]
     if ("%" in size) != (size_option == "--extents"):
         raise Refused(f"lvcreate: {size_option} {size}: percentages go with --extents, sizes with --size")
+    if not re.fullmatch(r"[A-Za-z0-9+_.][A-Za-z0-9+_.-]{0,126}", name) or name.startswith(("snapshot", "pvmove")):
+        raise Refused(f'  Logical volume name "{name}" is invalid.', 3)
     origin = lv_named(state, origin_name)
     if origin is None:
         raise Refused(f'  Failed to find logical volume "{origin_name}"', 5)
