@@ -185,7 +185,10 @@ def cmd_config(args):
     if args.config_command == "generate":
         sys.stdout.write(config_module.sample())
         return EXIT_OK
-    config_module.load(args.config)
+    from emg_borg.lifecycle.backup import check_provider
+    from emg_borg.plugins import get_plugin_manager
+
+    check_provider(config_module.load(args.config), get_plugin_manager().hook)
     logger.info("%s: configuration is valid", args.config)
     return EXIT_OK
 

@@ -33,6 +33,26 @@ class Option:
     help: str = ""
     choices: tuple = ()
     item_choices: tuple = ()  # for lists: allowed items
+    check: Any = None  # value -> an error message, or None when the value is fine
+
+
+def _positive(value):
+    return None if value > 0 else f"must be positive; got {value!r}"
+
+
+def _not_negative(value):
+    return None if value >= 0 else f"must not be negative; got {value!r}"
+
+
+def _port(value):
+    return None if 1 <= value <= 65535 else f"must be a TCP port (1-65535); got {value!r}"
+
+
+def _lvm_size(value):
+    # lvcreate --extents N%{ORIGIN,VG,FREE,PVS} or --size N[unit]
+    if re.fullmatch(r"\d+(\.\d+)?%(ORIGIN|VG|FREE|PVS)|\d+(\.\d+)?[bBsSkKmMgGtTpPeE]?", value):
+        return None
+    return f"expected e.g. \"10%ORIGIN\" or \"2G\"; got {value!r}"
 
 
 SCHEMA: dict[str, dict[str, Option]] = {
@@ -61,12 +81,13 @@ SCHEMA: dict[str, dict[str, Option]] = {
             "auto picks btrfs, zfs or lvm by the file system holding SPOOLDIR; none backs up the "
             "live spool (not consistent). A plugin may add providers.",
         ),
-        "lvm_snapshot_size": Option(str, "10%ORIGIN", "lvcreate --extents (with %) or --size for LVM snapshots."),
+        "lvm_snapshot_size": Option(str, "10%ORIGIN", "lvcreate --extents (with %) or --size for LVM snapshots.",
+                                    check=_lvm_size),
     },
     "mysql": {
         "enabled": Option(bool, None, "Dump the EMG database; default: when server.cfg has a MySQL DB profile."),
         "host": Option(str, None, "Override the DB profile's HOST."),
-        "port": Option(int, None, "Override the DB profile's PORT."),
+        "port": Option(int, None, "Override the DB profile's PORT.", check=_port),
         "socket": Option(str, None, "Connect through this Unix socket instead of TCP."),
         "user": Option(str, None, "Override the DB profile's USERNAME."),
         "password_file": Option(str, None, "File holding the password (first line); overrides PASSWORD in server.cfg."),
@@ -78,18 +99,24 @@ SCHEMA: dict[str, dict[str, Option]] = {
             "when it cannot be had), best-effort (warn and go on unlocked), none.",
             choices=LOCK_MODES,
         ),
-        "lock_timeout": Option((int, float), 10, "Seconds to wait for the global read lock."),
+        "lock_timeout": Option((int, float), 10, "Seconds to wait for the global read lock.", check=_positive),
         "mysqldump": Option(str, "mysqldump", "mysqldump command."),
         "mysql": Option(str, "mysql", "mysql client command (used to load dumps at restore)."),
     },
     "seqno": {
         "query": Option(str, "SELECT MAX(id) FROM routelog", "SQL that returns the current message id."),
         "command": Option(str, None, "Command printing the current message id (used instead of query)."),
-        "margin": Option(int, 0, "Added to the message id written back at restore, so ids are never reused."),
+        "margin": Option(
+            int, 0,
+            "Added to the message id written back at restore, so ids are never reused; cover the ids "
+            "emgd may allocate between two backups beyond what the database shows.",
+            check=_not_negative,
+        ),
         "node_digits": Option(
             int, 16,
             "With NODEID=n in server.cfg, this node's ids lie in [n*10^node_digits, (n+1)*10^node_digits) "
             "(unverified EMG layout; adjust to your installation).",
+            check=_not_negative,
         ),
     },
 }
@@ -138,6 +165,11 @@ class Config:
 
     path: Path | None
     values: dict[str, dict[str, Any]]
+    lines: _KeyLines = dataclasses.field(default_factory=lambda: _KeyLines(""), repr=False)
+
+    def error(self, table: str, key: str, message: str) -> ConfigError:
+        """A `ConfigError` about `[table] key`, naming the file and the key's line."""
+        return ConfigError(message, self.path, self.lines.find(table, key), f"{table}.{key}")
 
     def section(self, name: str) -> dict[str, Any]:
         return self.values[name]
@@ -180,18 +212,16 @@ def validate(data: dict, path=None, text: str = "") -> Config:
                             f"unknown item {item!r}; choose from {', '.join(option.item_choices)}",
                             path, where, full,
                         )
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                if key in ("lock_timeout",) and value <= 0:
-                    raise ConfigError(f"must be positive; got {value!r}", path, where, full)
-                if key in ("margin", "port", "node_digits") and value < 0:
-                    raise ConfigError(f"must not be negative; got {value!r}", path, where, full)
+            problem = option.check(value) if option.check else None
+            if problem:
+                raise ConfigError(problem, path, where, full)
             section[key] = value
         for key, option in options.items():
             if key not in section:
                 default = option.default
                 section[key] = list(default) if isinstance(default, list) else default
         values[table] = section
-    return Config(Path(path) if path is not None else None, values)
+    return Config(Path(path) if path is not None else None, values, lines)
 
 
 def load(path) -> Config:

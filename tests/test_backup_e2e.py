@@ -207,3 +207,68 @@ def test_run_example_yaml_is_used_verbatim_apart_from_paths(emg):
     text = emg.borgmatic_config().read_text()
     assert "before-backup" in text and "patterns_from" in text
     assert run(["borgmatic", "config", "validate", "--config", str(emg.borgmatic_config())]).returncode == 0
+
+
+def backup_with_borg(emg, name="a"):
+    """before-backup, plain borg create from the patterns file, after-backup: the archive's paths."""
+    if not emg.repo.exists():
+        emg.init_repo()
+    emg.emg_borg("before-backup")
+    from conftest import borg
+    borg("create", "--patterns-from", str(emg.runtime / "patterns"), f"{emg.repo}::{name}")
+    emg.emg_borg("after-backup")
+    return set(borg_list(emg.repo, name))
+
+
+def test_config_file_inside_unselected_bin_is_still_archived(emg):
+    plugin_cfg = emg.tree.bindir / "plugin-extra.cfg"
+    plugin_cfg.write_text("RATE=5\n")
+    with open(emg.tree.server_cfg, "a") as f:
+        f.write("PLUGIN extra <\nCONFIG=bin/plugin-extra.cfg\n>\n")
+    paths = backup_with_borg(emg)
+    assert rel(plugin_cfg) in paths
+    assert not any(p.startswith(rel(emg.tree.bindir) + "/emgd") for p in paths)
+    assert rel(emg.tree.bindir / "libstats.so") not in paths
+
+
+def test_symlinked_emgdir_and_spooldir_are_archived_with_their_content(emg, tmp_path):
+    real_spool = tmp_path / "data" / "emgspool"
+    real_spool.parent.mkdir()
+    emg.tree.spooldir.rename(real_spool)
+    emg.tree.spooldir.symlink_to(real_spool)
+    real_emgdir = tmp_path / "home" / "emg" / "etc"
+    real_emgdir.parent.mkdir(parents=True)
+    emg.tree.emgdir.rename(real_emgdir)
+    emg.tree.emgdir.symlink_to(real_emgdir)
+    paths = backup_with_borg(emg)
+    assert rel(real_emgdir / "server.cfg") in paths and rel(real_emgdir / "license") in paths
+    assert rel(real_spool / "leveldb" / "CURRENT") in paths
+    assert rel(real_spool / "seqno") in paths  # the captured id, in the spool's real directory
+    assert rel(emg.tree.emgdir) in paths and rel(emg.tree.spooldir) in paths  # the links themselves
+    assert not any(p.startswith(rel(emg.tree.emgdir) + "/") for p in paths)
+
+
+def test_no_message_id_means_no_seqno_file_not_a_zero(emg, mariadb):
+    mariadb.sql("DELETE FROM routelog", emg.database)
+    paths = backup_with_borg(emg)
+    assert not [p for p in paths if p.endswith("/seqno")]
+    manifest = json.loads(borg_cat(emg.repo, "a", "emg-borg/manifest.json"))
+    assert manifest["message_id"] is None
+
+
+def test_seqno_command_inside_the_point_and_binlog_still_recorded(emg):
+    emg.write_config("none", '[seqno]\ncommand = "echo 777"\n')
+    paths = backup_with_borg(emg)
+    assert borg_cat(emg.repo, "a", rel(emg.tree.spooldir / "seqno")) == b"777\n"
+    manifest = json.loads(borg_cat(emg.repo, "a", "emg-borg/manifest.json"))
+    assert manifest["message_id_source"] == "command"
+    assert manifest["mysql"]["binlog_file"].startswith("binlog.") and manifest["mysql"]["binlog_position"] > 0
+    assert rel(emg.tree.spooldir / "queue-0000.hdb") in paths
+
+
+def test_without_the_lock_no_binlog_position_is_claimed(emg):
+    emg.write_config("none", '[mysql]\nlock = "none"\n')
+    backup_with_borg(emg)
+    manifest = json.loads(borg_cat(emg.repo, "a", "emg-borg/manifest.json"))
+    assert manifest["consistency_lock"] == "none"
+    assert "binlog_file" not in manifest["mysql"]

@@ -128,6 +128,10 @@ def _within(path: Path, parent: Path) -> bool:
     return path == parent or parent in path.parents
 
 
+def _real(path: Path) -> Path:
+    return Path(os.path.realpath(path))
+
+
 def _resolve(value: str, emgdir: Path) -> Path:
     path = Path(os.path.expanduser(value))
     return Path(os.path.normpath(path if path.is_absolute() else emgdir / path))
@@ -156,14 +160,27 @@ def discover(emg: dict, environ=os.environ) -> Layout:
     elif (emgdir / "bin").is_dir():
         bindir = emgdir / "bin"
 
-    roots = [Root("config", emgdir, "EMGDIR")]
-    if cfg_path.parent != emgdir and not _within(cfg_path, emgdir):
-        roots.append(Root("config", cfg_path, "server.cfg outside EMGDIR"))
-    roots.append(Root("data", spooldir, spool_why))
+    # Roots are real paths: borg archives a symlink as a link and does not follow it. A symlink
+    # the configuration goes through (EMGDIR -> /home/emg/etc, SPOOLDIR -> /data/spool) is kept
+    # as a config root of its own when no other root holds it, so a restore recreates it.
+    roots: list[Root] = []
+    links: list[tuple[Path, str]] = []
+
+    def add(category: str, path: Path, why: str) -> None:
+        real = _real(path)
+        if real != path:
+            links.append((path, f"symlink to {real}"))
+            why = f"{why}, through {path}"
+        roots.append(Root(category, real, why))
+
+    add("config", emgdir, "EMGDIR")
+    if not _within(_real(cfg_path), _real(emgdir)):
+        add("config", cfg_path, "server.cfg outside EMGDIR")
+    add("data", spooldir, spool_why)
     if logdir is not None:
-        roots.append(Root("logs", logdir, log_why))
+        add("logs", logdir, log_why)
     if bindir is not None:
-        roots.append(Root("executables", bindir.resolve() if bindir.is_symlink() else bindir, "EMG executables"))
+        add("executables", bindir, "EMG executables")
 
     references = list(_references(cfg, emgdir))
     for ref in references:
@@ -172,11 +189,17 @@ def discover(emg: dict, environ=os.environ) -> Layout:
                 "%s:%d: %s=%s names %s, which does not exist", cfg_path, ref.line, ref.keyword, ref.value, ref.path
             )
             continue
-        if category_of(ref.path, roots) is None or (
-            ref.category != "config" and category_of(ref.path, roots) == "config"
-        ):
+        # A referenced file gets a root of its own wherever the enclosing root is of another
+        # category (a plugin's CONFIG=bin/plugin.cfg is configuration, not an executable).
+        if category_of(_real(ref.path), roots) != ref.category:
             where = f"{ref.keyword} on line {ref.line}" + (f" in {ref.block}" if ref.block else "")
-            roots.append(Root(ref.category, ref.path, where))
+            add(ref.category, ref.path, where)
+    for link, why in links:
+        if not any(_within(link.parent, root.path) for root in roots):
+            roots.append(Root("config", link, why))
+    emgdir, cfg_path, spooldir = _real(emgdir), _real(cfg_path), _real(spooldir)
+    logdir = _real(logdir) if logdir is not None else None
+    bindir = _real(bindir) if bindir is not None else None
 
     known = {name: emgdir / name for name in KNOWN_CONFIG_FILES if (emgdir / name).exists()}
     node_entry = cfg.entry("NODEID")

@@ -73,16 +73,20 @@ def selected_categories(config) -> tuple:
     return tuple(dict.fromkeys(config["backup"]["categories"]))
 
 
+def check_provider(config, hook) -> str:
+    """The configured snapshot provider, if some plugin offers it (checked here, not in the
+    schema, because plugins may add providers)."""
+    provider = config["snapshot"]["provider"]
+    known = sorted({name for names in hook.emg_borg_snapshot_providers() for name in names or ()})
+    if provider != "auto" and provider not in known:
+        raise config.error("snapshot", "provider", f"unknown snapshot provider {provider!r}; known: auto, {', '.join(known)}")
+    return provider
+
+
 def resolve_provider(run: BackupRun) -> str:
     """The snapshot provider to use: the configured one, or for `auto` the one matching the file
     system that holds SPOOLDIR."""
-    provider = run.config["snapshot"]["provider"]
-    known = sorted({name for names in run.hook.emg_borg_snapshot_providers() for name in names or ()})
-    if provider != "auto" and provider not in known:
-        raise ConfigError(
-            f"unknown snapshot provider {provider!r}; known: auto, {', '.join(known)}",
-            run.config.path, None, "snapshot.provider",
-        )
+    provider = check_provider(run.config, run.hook)
     if provider != "auto":
         return provider
     spooldir = run.layout.spooldir
@@ -106,10 +110,10 @@ def check_runtime_dir(run: BackupRun) -> None:
     runtime = run.runtime.root
     for root in run.layout.roots:
         if root.category in run.categories and (runtime == root.path or root.path in runtime.parents):
-            raise ConfigError(
-                f"runtime_dir {runtime} lies inside the {root.category} root {root.path}; choose a directory "
-                f"outside it (default /var/lib/emg-borg)",
-                run.config.path, None, "backup.runtime_dir",
+            raise run.config.error(
+                "backup", "runtime_dir",
+                f"{runtime} lies inside the {root.category} root {root.path}; choose a directory outside it "
+                f"(default /var/lib/emg-borg)",
             )
 
 

@@ -18,28 +18,46 @@ def _read_via(run, root, path):
     return path
 
 
+def _innermost_enclosing(root, roots):
+    enclosing = [o for o in roots if o.path in root.path.parents]
+    return max(enclosing, key=lambda o: len(o.path.parts)) if enclosing else None
+
+
+def _within(path, parent) -> bool:
+    return path == parent or parent in path.parents
+
+
 @hookimpl
 def emg_borg_backup_patterns(run):
     """One `R` root per selected root, read from the snapshot when it covers the root.
 
-    borg applies exclusions to every root, so a root nested in another selected root that borg
-    would read from the same place is not listed again (the outer walk covers it); a nested root
-    read from elsewhere (the snapshot), or not selected, is pruned from the outer walk only by
-    its path there, which no other root shares."""
-    lines = []
-    selected = sorted((r for r in run.layout.roots if r.category in run.categories), key=lambda r: len(r.path.parts))
+    A selected root whose innermost enclosing root is selected and read from the same place is
+    covered by that walk and not listed again. Inside each walk, a nested root that is not
+    selected, or is read from elsewhere (the snapshot), is pruned by its path in that walk. borg
+    applies the first matching pattern to every path, roots included, so a root lying inside a
+    pruned directory (a plugin's config file in an unselected bin/) gets a `+` line, and all
+    `+`/`!` lines go most specific first."""
+    roots = run.layout.roots
+    selected = [r for r in roots if r.category in run.categories]
+    listed, prunes = [], []
     for root in selected:
-        outer = next((o for o in selected if o is not root and o.path in root.path.parents), None)
-        if outer is not None and _read_via(run, outer, root.path) == run.real_path(root.path):
-            continue
-        lines.append(f"R {run.borg_root(root.path)}")
-    for root in selected:
-        for other in run.layout.roots:
+        enclosing = _innermost_enclosing(root, roots)
+        if not (enclosing is not None and enclosing.category in run.categories
+                and _read_via(run, enclosing, root.path) == run.real_path(root.path)):
+            listed.append(root)
+        for other in roots:
             if other is root or root.path not in other.path.parents:
                 continue
             inner = _read_via(run, root, other.path)
             if other.category not in run.categories or inner != run.real_path(other.path):
-                lines.append(f"! pp:{inner}")
+                prunes.append(inner)
+    rules = [(path, f"! pp:{path}") for path in prunes]
+    for root in listed:
+        read = run.real_path(root.path)
+        if any(_within(read, pruned) for pruned in prunes):
+            rules.append((read, f"+ pp:{read}"))
+    rules.sort(key=lambda rule: len(rule[0].parts), reverse=True)
+    lines = [f"R {run.borg_root(root.path)}" for root in listed] + [line for _, line in rules]
     if run.snapshot is not None:
         lines.extend(f"! pf:{path}" for path in run.snapshot.prune)
     return lines

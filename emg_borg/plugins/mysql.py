@@ -24,14 +24,15 @@ import threading
 import time
 from pathlib import Path
 
-from emg_borg.errors import ConfigError, EmgBorgError
+from emg_borg.config import SCHEMA
+from emg_borg.errors import EmgBorgError
 from emg_borg.external import mysql
 from emg_borg.hookspecs import hookimpl
 from emg_borg.plugins.seqno import node_range
 
 logger = logging.getLogger(__name__)
 NAME = "mysql"
-DEFAULT_QUERY = "SELECT MAX(id) FROM routelog"
+DEFAULT_QUERY = SCHEMA["seqno"]["query"].default
 
 
 def enabled(config, layout) -> bool:
@@ -49,15 +50,13 @@ def connection_settings(config, layout) -> mysql.Connection:
     if section["password_file"]:
         path = Path(section["password_file"])
         try:
-            password = path.read_text().splitlines()[0] if path.read_text() else ""
+            lines = path.read_text().splitlines()
         except OSError as error:
-            raise ConfigError(f"cannot read password_file {path}: {error.strerror}", config.path, None, "mysql.password_file")
+            raise config.error("mysql", "password_file", f"cannot read {path}: {error.strerror}")
+        password = lines[0] if lines else ""
     database = section["database"] or (db.database if db else None)
     if not database:
-        raise ConfigError(
-            "no database name: server.cfg has no DBPROFILE with DBNAME; set [mysql] database", config.path, None,
-            "mysql.database",
-        )
+        raise config.error("mysql", "database", "no database name: server.cfg has no DBPROFILE with DBNAME; set it here")
     return mysql.Connection(
         host=section["host"] or (db.host if db else None),
         port=section["port"] or (db.port if db else None),
@@ -138,6 +137,9 @@ def _global_read_lock(run):
         acquired = time.monotonic()
         run.lock_state = "held"
         try:
+            # Under the lock the binlog position cannot move: it is the dump's position too.
+            # Unlocked it would describe neither the dump nor the snapshot, so it is not recorded.
+            run.binlog = _binlog_position(connection)
             yield
         finally:
             with contextlib.suppress(Exception):
@@ -148,6 +150,14 @@ def _global_read_lock(run):
     except BaseException:
         _close(run)
         raise
+
+
+def _binlog_position(connection) -> dict | None:
+    try:
+        status = _query_one(connection, "SHOW MASTER STATUS")
+    except Exception:  # noqa: BLE001 - no binlog privilege: no coordinates, not a failure
+        return None
+    return {"file": status[0], "position": int(status[1])} if status else None
 
 
 def _close(run):
@@ -190,19 +200,15 @@ def emg_borg_capture_message_id(run):
         raise EmgBorgError(f"[seqno] query {query!r} failed: {error}")
     value = row[0] if row else None
     if value is None:
-        value = low or 0
-        logger.warning("[seqno] query returned no id (empty table?); using %d", value)
+        # Never guess: a 0 written back at restore would make emgd reuse ids. Without an id the
+        # archive has no seqno file and emgd keeps the restored seqno.hdb.
+        logger.warning("[seqno] query %r returned no id (empty table?); no message id is captured", query)
+        return None
     value = int(value)
     if low is not None and not low <= value <= high:
         raise EmgBorgError(f"message id {value} is outside node {run.layout.node_id}'s range {low}..{high}")
     run.message_id_source = "query"
     logger.info("message id %d (from [seqno] query)", value)
-    with contextlib.suppress(Exception):
-        with connection.cursor() as cursor:
-            cursor.execute("SHOW MASTER STATUS")
-            status = cursor.fetchone()
-        if status:
-            run.binlog = {"file": status[0], "position": int(status[1])}
     return value
 
 

@@ -42,7 +42,9 @@ def emg_borg_capture_message_id(run):
     command = run.config["seqno"]["command"]
     if not command:
         return None
-    result = run_command(tuple(shlex.split(command)), what="[seqno] command", timeout=60)
+    # It runs inside the consistency point, so it gets no more time than the lock may be held.
+    result = run_command(tuple(shlex.split(command)), what="[seqno] command",
+                         timeout=float(run.config["mysql"]["lock_timeout"]))
     value = parse_message_id(result.stdout, f"[seqno] command {command!r}")
     run.message_id_source = "command"
     logger.info("message id %d (from [seqno] command)", value)
