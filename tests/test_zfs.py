@@ -28,6 +28,14 @@ FAKES = Path(__file__).resolve().parent / "fakes"
 TEST_POOL = re.compile(r"emgt\d+x\d+")
 
 
+def unavailable(reason: str):
+    """Skip: ZFS cannot be tested here. Under CI (`CI` set, as CI services do) fail with the same
+    reason instead, so that a CI run never passes with the ZFS tests silently left out."""
+    if os.environ.get("CI"):
+        pytest.fail(f"CI is set, so not skipping the ZFS tests: {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
 def quiet(*argv, timeout=60) -> subprocess.CompletedProcess:
     """A fixture command, bounded: a wedged daemon must fail the fixture, not hang the session."""
     return subprocess.run([str(a) for a in argv], capture_output=True, text=True, timeout=timeout)
@@ -46,7 +54,7 @@ class ZfsFuse:
         if running:
             # Another test session's (or the system's) daemon: sharing it would let whoever stops
             # first pull the pools out from under the other.
-            pytest.skip(f"zfs-fuse is already running ({running}); not starting a second one")
+            unavailable(f"zfs-fuse is already running ({running}); not starting a second one")
         with open(self.log, "wb") as log:
             self.process = subprocess.Popen(
                 ["zfs-fuse", "--no-daemon"], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -55,7 +63,7 @@ class ZfsFuse:
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                pytest.skip(f"zfs-fuse exited at start ({self.process.returncode}): {self.log.read_text()[-500:]}")
+                unavailable(f"zfs-fuse exited at start ({self.process.returncode}): {self.log.read_text()[-500:]}")
             listed = quiet("zpool", "list", "-H", "-o", "name", timeout=10)
             if listed.returncode == 0:
                 # zfs-fuse re-imports the pools it knew: test pools of a session that died.
@@ -66,7 +74,7 @@ class ZfsFuse:
                 return
             time.sleep(0.1)
         self.stop()
-        pytest.skip("zfs-fuse did not answer `zpool list` within 15 s")
+        unavailable("zfs-fuse did not answer `zpool list` within 15 s")
 
     def create_pool(self, tmp_path: Path) -> tuple[str, Path]:
         name = f"emgt{os.getpid()}x{next(_pools)}"
@@ -116,9 +124,9 @@ class ZfsFuse:
 @pytest.fixture(scope="module")
 def zfs_daemon(tmp_path_factory):
     if not have("zfs-fuse", "zfs", "zpool"):
-        pytest.skip("zfs-fuse is not installed (apt-get install zfs-fuse)")
+        unavailable("zfs-fuse is not installed (apt-get install zfs-fuse)")
     if not os.path.exists("/dev/fuse"):
-        pytest.skip("/dev/fuse is missing: FUSE is not available here")
+        unavailable("/dev/fuse is missing: FUSE is not available here")
     daemon = ZfsFuse(tmp_path_factory.mktemp("zfs-fuse") / "zfs-fuse.log", tmp_path_factory.getbasetemp())
     try:
         daemon.start()
@@ -403,3 +411,34 @@ def test_openzfs_mounts_the_snapshot_itself(tmp_path, pool, monkeypatch):
     ]
     assert zfs_all(name) == [name, f"{name}/spool"]
     assert mounts_under(emg.runtime) == [] and leftovers(emg) == []
+
+
+@pytest.mark.parametrize("ci", ["", "true"], ids=["local", "ci"])
+def test_zfs_tests_skip_locally_but_fail_under_ci_when_zfs_fuse_cannot_be_used(tmp_path, ci):
+    """Where the daemon fixture cannot run zfs-fuse (here: one already runs), a developer's run
+    skips the ZFS tests with the reason, and a CI run (`CI=true`) fails with it. The check runs
+    in a child pytest whose PATH starts with fakes: `pgrep` reports a running zfs-fuse, and
+    `zfs-fuse`, `zfs` and `zpool` exist but must never be called."""
+    fakes = tmp_path / "bin"
+    fakes.mkdir()
+    (fakes / "pgrep").write_text("#!/bin/sh\necho '4242 zfs-fuse --no-daemon'\n")
+    for command in ("zfs-fuse", "zfs", "zpool"):
+        (fakes / command).write_text(f"#!/bin/sh\necho 'fake {command} must not run' >&2\nexit 99\n")
+    for fake in fakes.iterdir():
+        fake.chmod(0o755)
+    env = {**os.environ, "PATH": f"{fakes}{os.pathsep}{os.environ['PATH']}", "CI": ci}
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "--basetemp", str(tmp_path / "child"),
+         f"{__file__}::test_change_after_snapshot_is_not_in_archive"],
+        capture_output=True, text=True, env=env, cwd=Path(__file__).resolve().parent.parent, timeout=300,
+    )
+    output = result.stdout + result.stderr
+    reason = "zfs-fuse is already running (4242 zfs-fuse --no-daemon); not starting a second one"
+    if os.path.exists("/dev/fuse"):
+        assert reason in output, output
+    assert "must not run" not in output
+    if ci:
+        assert result.returncode != 0 and "CI is set, so not skipping the ZFS tests" in output, output
+        assert "1 error" in output and "skipped" not in output, output
+    else:
+        assert result.returncode == 0 and "1 skipped" in output, output
