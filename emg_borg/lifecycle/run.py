@@ -181,14 +181,27 @@ def _parent(pid: int) -> int:
         return 0
 
 
-def run_owner_pid() -> int:
-    """The process a run belongs to: the nearest ancestor that is not a shell.
+def _is_command_shell(pid: int) -> bool:
+    """A shell started with `-c` just to run one command (as borgmatic runs each hook)."""
+    if _comm(pid) not in SHELLS:
+        return False
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return b"-c" in argv[1:3]
 
-    borgmatic runs each hook through `sh -c`, so the shell differs between before-backup and
-    after-backup while the borgmatic process above it is the same.
+
+def run_owner_pid() -> int:
+    """The process a run belongs to: the nearest ancestor that is not a one-command shell.
+
+    borgmatic runs each hook through `sh -c`, so that shell differs between before-backup and
+    after-backup while the borgmatic process above it is the same. A backup script's own shell
+    (`bash backup.sh`) is the owner when a script drives the hooks, so two scripts started by
+    the same cron daemon are two owners.
     """
     pid = os.getppid()
-    while pid > 1 and _comm(pid) in SHELLS:
+    while pid > 1 and _is_command_shell(pid):
         pid = _parent(pid)
     return pid if pid > 1 else os.getppid()
 
