@@ -76,9 +76,10 @@ def emg_borg_capture_message_id(run: BackupRun) -> int | None:
 
 
 @hookspec
-def emg_borg_begin_dumps(run: BackupRun) -> list | None:
+def emg_borg_begin_dumps(run: BackupRun) -> None:
     """Start database dumps whose transaction snapshot begins inside the consistency point.
-    Return only once each dump's snapshot has begun. Return a list of dump handles."""
+    Return only once each dump's snapshot has begun; keep the running dumps in
+    `run.plugin_state` for `emg_borg_finish_dumps`."""
 
 
 @hookspec

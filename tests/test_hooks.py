@@ -83,7 +83,7 @@ def emg_borg_capture_message_id(run):
 
 @hookimpl
 def emg_borg_begin_dumps(run):
-    return []
+    return None
 
 @hookimpl
 def emg_borg_finish_dumps(run):

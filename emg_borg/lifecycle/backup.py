@@ -158,13 +158,7 @@ def before_backup(config, *, dry_run=False, repository=None) -> dict:
             manifest = write_manifest(run)
             write_patterns(run)
     except BaseException:
-        with signals_deferred():
-            try:
-                release_resources(run)
-            finally:
-                with contextlib.suppress(FileNotFoundError):
-                    run.runtime.patterns.unlink()
-                lock.release()
+        release_and_unlock(run, lock)
         raise
     logger.info(
         "ready for borg: message id %s, freeze window %.1f ms, %d pattern lines in %s",
@@ -187,8 +181,7 @@ def freeze(run: BackupRun) -> None:
         else:
             run.hook.emg_borg_take_snapshot(run=run, provider="none")
         run.message_id = run.hook.emg_borg_capture_message_id(run=run)
-        for dumps in run.hook.emg_borg_begin_dumps(run=run):
-            run.dumps.extend(dumps or [])
+        run.hook.emg_borg_begin_dumps(run=run)
     if run.freeze_window_ms is None:
         run.freeze_window_ms = round((time.monotonic() - started) * 1000, 3)
 
@@ -282,6 +275,22 @@ def release_resources(run: BackupRun) -> None:
         raise EmgBorgError("release incomplete: " + "; ".join(run.release_errors))
 
 
+def release_and_unlock(run: BackupRun, lock: RunLock) -> None:
+    """Release everything, remove the patterns file (its roots are gone) and the emptied mount
+    directories, and give up the run lock once the ledger is empty. A release that failed keeps
+    the lock and the ledger, so `on-error` or the next run tries again."""
+    with signals_deferred():
+        try:
+            release_resources(run)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                run.runtime.patterns.unlink()
+            with contextlib.suppress(OSError):
+                _remove_empty_dirs(run.runtime.snapshots)
+            if not run.ledger.entries:
+                lock.release()
+
+
 def release_backup(config, *, force=False, repository=None, dry_run=False) -> str:
     """`after-backup` / `on-error`: release the run's snapshot, mounts, staging and lock."""
     run = new_run(config, repository=repository, dry_run=dry_run)
@@ -303,17 +312,7 @@ def release_backup(config, *, force=False, repository=None, dry_run=False) -> st
         return "dry run"
     run.run_id = run.ledger.meta.get("run_id", run.run_id)
     run.started = run.ledger.meta.get("started", run.started)
-    with signals_deferred():
-        try:
-            release_resources(run)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                run.runtime.patterns.unlink()
-            if not run.ledger.entries:
-                lock.release()
-            for leftover in (run.runtime.snapshots,):
-                with contextlib.suppress(OSError):
-                    _remove_empty_dirs(leftover)
+    release_and_unlock(run, lock)
     if run.failures:
         raise EmgBorgError("; ".join(run.failures))
     return "released"

@@ -276,7 +276,6 @@ class BackupRun:
     message_id: int | None = None
     message_id_source: str | None = None
     binlog: dict | None = None
-    dumps: list = dataclasses.field(default_factory=list)
     dump_results: list = dataclasses.field(default_factory=list)
     lock_state: str = "not used"
     freeze_window_ms: float | None = None

@@ -280,7 +280,6 @@ def emg_borg_begin_dumps(run):
             dump.abort()
             raise EmgBorgError("mysqldump did not begin its transaction within [mysql] lock_timeout")
         time.sleep(0.002)
-    return [dump]
 
 
 @hookimpl
