@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "borgmatic-example.yaml"
+# A symlink to the repository's top-level file, installed as package data.
+EXAMPLE = Path(__file__).with_name("borgmatic-example.yaml")
 
 
 def example_config(runtime_dir: Path, config_path: Path, repository: Path, passphrase: str) -> str:
