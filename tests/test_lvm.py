@@ -201,6 +201,27 @@ def test_overflow_without_repository_names_the_run(tmp_path, world):
     assert world.snapshots() == [] and leftovers(emg) == []
 
 
+def test_overflow_when_borg_cannot_read_the_repository_still_names_the_run(tmp_path, world):
+    """borgmatic need not pass the repository's passphrase to its hooks: after-backup then cannot
+    look the archive up, and says so in the one error line that names the run."""
+    world.add_volume("vg0", "spool", tmp_path / "spool")
+    emg = Emg(tmp_path, None, provider="lvm", spooldir=tmp_path / "spool" / "emg")
+    emg.init_repo()
+    manifest = json.loads(emg.emg_borg("before-backup", "--repository", str(emg.repo), "--json").stdout)
+    borg("create", "--patterns-from", str(emg.runtime / "patterns"), f"{emg.repo}::overflowed")
+    run([sys.executable, FAKES, "fill", f"vg0/spool_{tag(emg)}"])
+    env = {k: v for k, v in os.environ.items() if k not in ("BORG_PASSPHRASE", "BORG_PASSCOMMAND")}
+    result = run([sys.executable, "-m", "emg_borg", "-c", emg.config_path, "after-backup", "--repository", emg.repo],
+                 check=False, env=env)
+    assert result.returncode == 1
+    error, = [line for line in result.stderr.splitlines() if line.startswith("emg-borg: error:")]
+    assert (f"DO NOT TRUST the archive of emg-borg run {manifest['run_id']} (started {manifest['created']}) in "
+            f"{emg.repo} (the archive could not be looked up: ") in error
+    assert "passphrase" in error, error
+    assert "Traceback" not in result.stderr
+    assert world.snapshots() == [] and leftovers(emg) == []
+
+
 def test_stale_leftover_is_removed_and_foreign_snapshots_are_kept(tmp_path, world):
     world.add_volume("vg0", "spool", tmp_path / "spool")
     emg = Emg(tmp_path, None, provider="lvm", spooldir=tmp_path / "spool" / "emg")

@@ -160,6 +160,21 @@ def emg_archives(repository: Repository) -> list[Archive]:
     return found
 
 
+RUN_ARCHIVES_SEARCHED = 10
+
+
+def archive_of_run(repository: Repository, run_id: str, newest: int = RUN_ARCHIVES_SEARCHED) -> Archive | None:
+    """The archive made by emg-borg run `run_id` (its manifest's `run_id`), looked for among the
+    `newest` archives only: a run's archive is among the newest when its after-backup asks, and
+    each archive looked at costs a borg call. None when none of them is that run's. A borg
+    failure (no passphrase, repository unreachable) raises EmgBorgError."""
+    for name, time in _newest_first(repository)[:newest]:
+        manifest = read_manifest(repository, name)
+        if manifest is not None and manifest.get("run_id") == run_id:
+            return Archive(name, time, manifest)
+    return None
+
+
 def select(args) -> tuple[Repository, Archive]:
     """The repository and the archive that `--archive`/`--at` name."""
     # Parse what can be parsed before asking borg anything, so bad input changes nothing.

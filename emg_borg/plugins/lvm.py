@@ -20,20 +20,18 @@ read live where they are.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
 from emg_borg.errors import EmgBorgError
-from emg_borg.external import borg, findmnt, lvm, mount
+from emg_borg.external import findmnt, lvm, mount
 from emg_borg.hookspecs import hookimpl
+from emg_borg.lifecycle import archives
 from emg_borg.lifecycle import volumes
 from emg_borg.lifecycle.run import Snapshot
 
 logger = logging.getLogger(__name__)
 NAME = "lvm"
-MANIFEST = "emg-borg/manifest.json"
-ARCHIVES_SEARCHED = 10  # the run's archive is among the newest; older ones are not read
 
 
 def snapshot_lv_name(origin_lv: str, tag: str) -> str:
@@ -121,20 +119,21 @@ def _mounted_at(target: Path) -> bool:
 
 
 def _run_archive(run) -> str:
-    """Name the archive of this run: looked up by the run id in each archive's manifest."""
+    """Name the archive of this run, found by the run id in the archives' manifests. When borg
+    cannot be asked (borgmatic need not pass the passphrase to hooks) the run is named instead."""
     run_id = run.ledger.meta.get("run_id", run.run_id)
     started = run.ledger.meta.get("started", run.started)
     which = f"the archive of emg-borg run {run_id} (started {started})"
     if not run.repository:
         return which
     try:
-        for archive in reversed(borg.list_archives(run.repository)[-ARCHIVES_SEARCHED:]):
-            manifest = borg.read_file(run.repository, archive["name"], MANIFEST)
-            if manifest and json.loads(manifest).get("run_id") == run_id:
-                return f"archive {run.repository}::{archive['name']} (emg-borg run {run_id}, started {started})"
-    except (EmgBorgError, ValueError) as error:
-        return f"{which} in {run.repository} (could not look it up: {error})"
-    return f"{which}, if borg wrote one to {run.repository}"
+        found = archives.archive_of_run(archives.Repository(run.repository), run_id)
+    except (EmgBorgError, ValueError, KeyError, OSError) as error:
+        reason = " ".join(str(error).split()) or type(error).__name__
+        return f"{which} in {run.repository} (the archive could not be looked up: {reason})"
+    if found is None:
+        return f"{which}, if borg wrote one to {run.repository}"
+    return f"archive {run.repository}::{found.name} (emg-borg run {run_id}, started {started})"
 
 
 def _check_overflow(run, entry: dict) -> None:
