@@ -352,3 +352,16 @@ def test_auto_picks_lvm_for_a_logical_volume_unless_the_file_system_snapshots_it
     plan = json.loads(emg.emg_borg("before-backup", "--dry-run", "--json").stdout)
     assert plan["snapshot_provider"] == chosen
     assert world.calls() == [] and not emg.runtime.exists()
+
+
+def test_volumes_helper_serves_the_snapshot_plugins_and_is_not_a_plugin():
+    from emg_borg import plugins
+    from emg_borg.plugins import lvm as lvm_plugin
+    from emg_borg.plugins import volumes
+    from emg_borg.plugins import zfs as zfs_plugin
+
+    assert lvm_plugin.volumes is volumes and zfs_plugin.volumes is volumes
+    assert "emg_borg.plugins.volumes" not in plugins.DEFAULT_PLUGINS
+    manager = plugins.get_plugin_manager(load_entrypoints=False)
+    assert volumes not in manager.get_plugins()
+    assert {"emg_borg.plugins.lvm", "emg_borg.plugins.zfs"} <= {manager.get_name(p) for p in manager.get_plugins()}

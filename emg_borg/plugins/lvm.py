@@ -27,8 +27,8 @@ from emg_borg.errors import EmgBorgError
 from emg_borg.external import findmnt, lvm, mount
 from emg_borg.hookspecs import hookimpl
 from emg_borg.lifecycle import archives
-from emg_borg.lifecycle import volumes
 from emg_borg.lifecycle.run import Snapshot
+from emg_borg.plugins import volumes
 
 logger = logging.getLogger(__name__)
 NAME = "lvm"

@@ -32,8 +32,8 @@ from pathlib import Path
 from emg_borg.errors import CommandError, EmgBorgError
 from emg_borg.external import findmnt, mount, zfs
 from emg_borg.hookspecs import hookimpl
-from emg_borg.lifecycle import volumes
 from emg_borg.lifecycle.run import Snapshot
+from emg_borg.plugins import volumes
 
 logger = logging.getLogger(__name__)
 NAME = "zfs"

@@ -1,5 +1,8 @@
 """Which mounted volume holds SPOOLDIR, and which other volumes a snapshot of it would miss.
 
+Shared by the volume snapshot plugins (`zfs`, `lvm`); not a plugin itself, so it is not in
+`DEFAULT_PLUGINS`.
+
 A snapshot of one volume (a ZFS dataset, an LVM logical volume) shows every other file system
 mounted below it as an empty directory. That matters only where an archived root read from the
 snapshot meets such a mount: a mount inside the root (the spool's `leveldb` on a volume of its
