@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import borg_create_from, borg_extract_all, borg_list, run, run_emg_borg, start_named
+from conftest import Emg, borg_create_from, borg_extract_all, borg_list, run, run_emg_borg, start_named
 from emg_borg.demo import sample
 
 pytestmark = pytest.mark.e2e
@@ -248,12 +248,56 @@ def test_restore_moves_an_existing_spool_aside(emg, tmp_path):
     spool = target / rel(emg.tree.spooldir)
     (spool / "leveldb").mkdir(parents=True)
     (spool / "leveldb" / "000099.ldb").write_bytes(b"stale")
-    emg.emg_borg("restore", "--repository", str(emg.repo), "--target", str(target), "--categories", "data")
+    result = emg.emg_borg("restore", "--repository", str(emg.repo), "--target", str(target), "--categories", "data")
     assert not (spool / "leveldb" / "000099.ldb").exists()
     assert {rel(spool / k) for k in files_under(spool) if k != "seqno"} == {
         k.replace(rel(emg.tree.spooldir), rel(spool), 1) for k in spool_files(emg)}
-    aside = [p for p in spool.parent.iterdir() if p.name.startswith("emg.before-restore-")]
-    assert len(aside) == 1 and (aside[0] / "leveldb" / "000099.ldb").read_bytes() == b"stale"
+    aside, = [p for p in spool.parent.iterdir() if p != spool]
+    assert aside.name.startswith("emg.emg-borg-before-restore-")
+    assert (aside / "leveldb" / "000099.ldb").read_bytes() == b"stale"
+    assert f"moved the existing spool {spool} aside to {aside}" in result.stderr
+    assert f"done: moved the existing {spool} aside to {aside}" in result.stdout
+    assert f"remove {aside} once EMG runs well" in result.stdout
+
+
+def test_restore_of_the_vendor_layout_moves_the_spool_aside_under_emg_borg_s_name(tmp_path):
+    """The vendor default SPOOLDIR=EMGDIR/spool: the old spool lands in EMGDIR, under a name
+    carrying emg-borg's mark (which the backup side excludes); each restore keeps its own."""
+    emg = Emg(tmp_path, None, spooldir=tmp_path / "root" / "etc" / "emg" / "spool")
+    emg.borgmatic_create()
+    for number in (1, 2):
+        (emg.tree.spooldir / "queue-stale.hdb").write_bytes(b"stale %d" % number)
+        result = emg.emg_borg("restore", "--repository", str(emg.repo), "--target", "/", "--categories", "data")
+        assert result.returncode == 0
+    asides = sorted(p for p in emg.tree.emgdir.iterdir() if p.name.startswith("spool.emg-borg-before-restore-"))
+    assert len(asides) == 2
+    assert sorted((a / "queue-stale.hdb").read_bytes() for a in asides) == [b"stale 1", b"stale 2"]
+    assert not (emg.tree.spooldir / "queue-stale.hdb").exists()
+    assert not [p for p in emg.tree.spooldir.iterdir() if "before-restore" in p.name]
+
+
+def test_restore_into_a_mounted_spool_keeps_the_old_content_in_a_hidden_directory(emg, tmp_path):
+    if not shutil.which("mount"):
+        pytest.skip("mount is missing")
+    emg.borgmatic_create()
+    target = tmp_path / "target"
+    spool = target / rel(emg.tree.spooldir)
+    spool.mkdir(parents=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "emg-borg-test", str(spool)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        (spool / "queue-stale.hdb").write_bytes(b"stale")
+        result = emg.emg_borg("restore", "--repository", str(emg.repo), "--target", str(target), "--categories", "data")
+        aside, = [p for p in spool.iterdir() if p.name.startswith(".emg-borg-before-restore-")]
+        assert (aside / "queue-stale.hdb").read_bytes() == b"stale"
+        assert not (spool / "queue-stale.hdb").exists()
+        assert (spool / "seqno").read_bytes() == b"1049\n"
+        assert f"moved the existing spool {spool} aside to {aside}" in result.stderr
+        assert os.path.ismount(spool)
+    finally:
+        subprocess.run(["umount", str(spool)], check=True)
 
 
 def test_restore_in_place_repairs_the_live_installation(emg, mariadb):

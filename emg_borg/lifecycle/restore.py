@@ -311,22 +311,44 @@ def restore_files(restore: RestoreRun, files: tuple) -> None:
     restore.done(f"extracted {', '.join(files)} ({items} items) to {', '.join(str(restore.live(r)) for r in roots)}")
 
 
+ASIDE_MARK = ".emg-borg-before-restore-"
+
+
+def _aside_name(stem: str, where: Path) -> Path:
+    """`where/<stem>.emg-borg-before-restore-<timestamp>`, numbered when taken (two restores
+    within a second)."""
+    stamp = datetime.datetime.now().strftime("%Y%m%dT%H%M%S")
+    candidate = where / f"{stem}{ASIDE_MARK}{stamp}"
+    number = 1
+    while candidate.exists() or candidate.is_symlink():
+        number += 1
+        candidate = where / f"{stem}{ASIDE_MARK}{stamp}-{number}"
+    return candidate
+
+
 def move_aside(restore: RestoreRun, path: Path) -> None:
     """Move an existing, non-empty spool out of the way, so that the restored spool is exactly
-    the archived one (stale queue or LevelDB files mixed into it would corrupt it)."""
-    if not path.is_dir() or not any(path.iterdir()):
+    the archived one (stale queue or LevelDB files mixed into it would corrupt it).
+
+    The old spool goes to the sibling `<spool>.emg-borg-before-restore-<timestamp>`: with the
+    vendor's default SPOOLDIR (EMGDIR/spool) that lies inside EMGDIR, so the name carries
+    emg-borg's mark, which the backup side excludes from every root. A mount point cannot be
+    renamed: its old content goes to the hidden `<spool>/.emg-borg-before-restore-<timestamp>`
+    instead. Earlier restores' directories stay where they are."""
+    if not path.is_dir():
         return
-    stamp = datetime.datetime.now().strftime("%Y%m%dT%H%M%S")
+    children = [child for child in path.iterdir() if not child.name.startswith(ASIDE_MARK)]
+    if not children:
+        return
     if os.path.ismount(path):
-        # A mount point cannot be renamed: keep its old content in a hidden directory inside it.
-        aside = path / f".before-restore-{stamp}"
+        aside = _aside_name("", path)
         aside.mkdir(mode=0o700)
-        for child in list(path.iterdir()):
-            if child != aside:
-                child.rename(aside / child.name)
+        for child in children:
+            child.rename(aside / child.name)
     else:
-        aside = path.with_name(f"{path.name}.before-restore-{stamp}")
+        aside = _aside_name(path.name, path.parent)
         path.rename(aside)
+    logger.info("moved the existing spool %s aside to %s", path, aside)
     restore.done(f"moved the existing {path} aside to {aside}")
     restore.todo(f"remove {aside} once EMG runs well")
 
