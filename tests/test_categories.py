@@ -1,5 +1,5 @@
 """Unit tests of the restore side's pure parts: category selection and its borg patterns (checked
-with borg's own pattern matcher), `--at` parsing, repository resolution, the emgd process check,
+with borg's own pattern matcher), `--at` parsing, repository resolution,
 `--scratch-db` parsing, borg error lines and progress lines."""
 
 from __future__ import annotations
@@ -8,18 +8,15 @@ import datetime
 import io
 import logging
 import os
-import shutil
 from types import SimpleNamespace
 
 import pytest
 
-from conftest import start_named
 from borg.patterns import PatternMatcher, load_pattern_file
 
 from emg_borg.emg import categories
 from emg_borg.errors import UsageError
 from emg_borg.external import borg as borg_module
-from emg_borg.external import proc
 from emg_borg.external.mysql import Connection
 from emg_borg.lifecycle import archives, extract, verify
 
@@ -159,29 +156,6 @@ def test_borgmatic_config_repository_and_passphrase(tmp_path, monkeypatch):
     config.write_text("repositories: [\n")
     with pytest.raises(UsageError, match="cannot parse borgmatic configuration"):
         archives.borgmatic_repository(config)
-
-
-def test_pids_named_reads_proc_comm(tmp_path):
-    fake = tmp_path / "proc"
-    for pid, comm in ((12, "emgd"), (7, "bash"), (30, "emgd")):
-        (fake / str(pid)).mkdir(parents=True)
-        (fake / str(pid) / "comm").write_text(comm + "\n")
-    (fake / "self").mkdir()
-    (fake / "99").mkdir()  # a process that ended: no comm to read
-    assert proc.pids_named("emgd", proc=str(fake)) == [12, 30]
-    assert proc.pids_named("emgd", proc=str(tmp_path / "none")) == []
-
-
-def test_pids_named_finds_a_real_process(tmp_path):
-    binary = tmp_path / "emg-borg-test-long-name"
-    shutil.copy("/bin/sleep", binary)
-    process = start_named(binary, 30)
-    try:
-        assert process.pid in proc.pids_named(binary.name)  # matched on the kernel's 15 characters
-    finally:
-        process.kill()
-        process.wait()
-    assert process.pid not in proc.pids_named(binary.name)
 
 
 def test_scratch_db_spec():

@@ -324,9 +324,12 @@ def test_restore_in_place_repairs_the_live_installation(emg, mariadb):
     assert (tree.logdir / "general").exists()  # logs were never touched
 
 
-def test_restore_refuses_while_emgd_runs(emg, tmp_path):
+@pytest.mark.parametrize("daemon", ["emgd", "emgd-7.2.0-50785"])
+def test_restore_refuses_while_emgd_runs(emg, tmp_path, daemon):
+    """emgd as installed (a symlink to the versioned binary, which names the process), or the
+    versioned binary started directly."""
     emg.borgmatic_create()
-    fake = tmp_path / "bin" / "emgd"
+    fake = tmp_path / "bin" / daemon
     fake.parent.mkdir()
     shutil.copy("/bin/sleep", fake)
     process = start_named(fake, 60)

@@ -3,27 +3,49 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 # The kernel keeps at most 15 characters of a process name in /proc/PID/comm.
 COMM_LENGTH = 15
+DELETED = " (deleted)"  # how /proc/PID/exe ends when the binary was replaced or removed
 
 
-def pids_named(name: str, proc="/proc") -> list[int]:
-    """Ids of the processes whose name (`/proc/PID/comm`) is `name`, lowest first."""
-    wanted = name[:COMM_LENGTH]
+def _names(pid_dir: str) -> list[str]:
+    """The names a process goes by: its `comm` and the file name of its executable."""
+    names = []
+    try:
+        with open(os.path.join(pid_dir, "comm")) as f:
+            names.append(f.read().strip())
+    except OSError:  # the process ended while we looked
+        return names
+    try:
+        exe = os.readlink(os.path.join(pid_dir, "exe"))
+    except OSError:  # a kernel thread, a process that ended, or one we may not inspect
+        return names
+    names.append(os.path.basename(exe.removesuffix(DELETED)))
+    return names
+
+
+def pids_matching(matches: Callable[[str], bool], proc="/proc") -> list[int]:
+    """Ids of the processes for which `matches(name)` holds for their comm or their executable's
+    file name, lowest first."""
     found = []
     try:
         entries = list(os.scandir(proc))
     except OSError:
         return found
     for entry in entries:
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(os.path.join(entry.path, "comm")) as f:
-                comm = f.read().strip()
-        except OSError:  # the process ended while we looked
-            continue
-        if comm == wanted:
+        if entry.name.isdigit() and any(matches(name) for name in _names(entry.path)):
             found.append(int(entry.name))
     return sorted(found)
+
+
+def is_emgd(name: str) -> bool:
+    """emgd itself, or a versioned binary such as `emgd-7.2.0-50785` (whose comm the kernel cuts
+    to `emgd-7.2.0-5078`)."""
+    return name == "emgd" or name.startswith("emgd-")
+
+
+def emgd_pids(proc="/proc") -> list[int]:
+    """Ids of the running emgd processes, however the binary is named."""
+    return pids_matching(is_emgd, proc)

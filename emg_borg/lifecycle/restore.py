@@ -219,7 +219,7 @@ def cmd_restore(args, config) -> int:
 
 def check_emgd(force: bool, dry_run: bool) -> list[int]:
     """The ids of running emgd processes; refuses (raises) when there are any, unless forced."""
-    running = proc.pids_named("emgd")
+    running = proc.emgd_pids()
     if running and not force and not dry_run:
         raise EmgBorgError(
             f"emgd is running (pid {', '.join(map(str, running))}); restoring under it would mix its open spool files "
