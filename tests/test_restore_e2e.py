@@ -300,6 +300,40 @@ def test_restore_into_a_mounted_spool_keeps_the_old_content_in_a_hidden_director
         subprocess.run(["umount", str(spool)], check=True)
 
 
+@pytest.mark.parametrize("captured", [None, 0], ids=["none", "zero"])
+def test_restore_without_a_known_message_id_writes_no_seqno(tmp_path, captured):
+    """An archive whose backup captured no message id (None: no database and no [seqno] command;
+    or 0 from an empty routelog, with a seqno of 0), no live database, no --message-id: emgd must
+    keep the restored seqno.hdb, so no seqno file is left in the spool, whatever the margin."""
+    emg = Emg(tmp_path, None, extra_config="[seqno]\nmargin = 1000\n")
+    emg.borgmatic_create()
+    spool = rel(emg.tree.spooldir)
+    archive = newest(emg)
+    assert rel(emg.tree.spooldir / "seqno") not in borg_list(emg.repo, archive)
+
+    def zero(work, manifest):
+        assert manifest["message_id"] is None
+        manifest["message_id"], manifest["seqno_path"] = 0, f"{spool}/seqno"
+        (work / spool / "seqno").write_text("0\n")
+
+    if captured == 0:
+        archive = rebuilt_archive(emg, tmp_path, "zero-id", zero)
+    target = tmp_path / "target"
+    target.mkdir()
+    result = emg.emg_borg("restore", "--repository", str(emg.repo), "--archive", archive, "--target", str(target))
+    restored = target / spool
+    assert not (restored / "seqno").exists()
+    assert (restored / "seqno.hdb").read_bytes() == (emg.tree.spooldir / "seqno.hdb").read_bytes()
+    assert f"no message id is known, so no {restored / 'seqno'} was written: emgd keeps the message id counter of " \
+           f"the restored seqno.hdb" in result.stdout
+    assert "wrote" not in result.stdout and "margin 1000" not in result.stdout and "= 1000" not in result.stdout
+
+    report = json.loads(emg.emg_borg("restore", "--repository", str(emg.repo), "--archive", archive, "--target",
+                                     str(target), "--dry-run", "--json").stdout)
+    assert report["seqno"]["value"] is None
+    assert not [line for line in report["done"] if "seqno" in line and "write" in line]
+
+
 def test_restore_in_place_repairs_the_live_installation(emg, mariadb):
     """The default target is /: the sample tree lives under the test's temp dir at its real
     paths, so this is the restore an operator runs on the machine itself."""

@@ -279,12 +279,17 @@ def check_machine(restore: RestoreRun) -> None:
 
 def message_id(restore: RestoreRun, given: int | None) -> tuple[int | None, str]:
     """The id for SPOOLDIR/seqno: the highest of the archive's, the live database's and
-    `--message-id`, plus `[seqno] margin`; and a sentence saying where it came from."""
+    `--message-id`, plus `[seqno] margin`; and a sentence saying where it came from. None when no
+    id is known: an id of 0 or less from the archive or the database proves nothing (no message
+    was logged), so it never becomes `0 + margin`."""
     candidates = []
-    if restore.manifest.get("message_id") is not None:
-        candidates.append((int(restore.manifest["message_id"]), "the archive's message id"))
+    archived = restore.manifest.get("message_id")
+    if archived is not None and int(archived) > 0:
+        candidates.append((int(archived), "the archive's message id"))
+    elif archived is not None:
+        logger.warning("the archive's message id is %s: no message id was captured at the backup", archived)
     live = restore.hook.emg_borg_live_message_id(restore=restore)
-    if live is not None:
+    if live is not None and int(live) > 0:
         candidates.append((int(live), "the highest id in the live database"))
     if given is not None:
         candidates.append((given, "--message-id"))
@@ -354,11 +359,12 @@ def move_aside(restore: RestoreRun, path: Path) -> None:
 
 
 def write_seqno(restore: RestoreRun, value: int | None, source: str) -> None:
-    """Write SPOOLDIR/seqno; emgd reads it into seqno.hdb when it starts."""
+    """Write SPOOLDIR/seqno; emgd reads it into seqno.hdb when it starts. With no id known
+    nothing is written, so emgd keeps the counter in seqno.hdb (the restored one, or with
+    --skip-data the live one)."""
     path = restore.live(restore.layout.spooldir) / "seqno"
     if value is None:
-        logger.warning("%s: not writing %s", source, path)
-        restore.todo(f"write the last message id into {path} before starting emgd (ids restart at 1 otherwise)")
+        _no_seqno(restore, path, source)
         return
     if restore.dry_run:
         restore.done(f"would write {path} = {value} ({source})")
@@ -375,6 +381,22 @@ def write_seqno(restore: RestoreRun, value: int | None, source: str) -> None:
     os.chmod(tmp, 0o644)
     os.replace(tmp, path)
     restore.done(f"wrote {path} = {value} from {source}")
+
+
+def _no_seqno(restore: RestoreRun, path: Path, source: str) -> None:
+    restored_spool = "data" in restore.categories and not restore.dry_run
+    logger.warning("%s: not writing %s", source, path)
+    if restored_spool and path.exists():
+        # Only the archive can have put it there (the old spool was moved aside): an archive that
+        # recorded no usable id, so its seqno holds none either.
+        path.unlink()
+        restore.done(f"removed {path}, which the archive held without a usable message id")
+    counter = "the restored seqno.hdb" if restored_spool else f"{path.parent / 'seqno.hdb'} as it is"
+    restore.todo(f"no message id is known, so no {path} was written: emgd keeps the message id counter of "
+                 f"{counter}. If you know a higher id used since, write it into {path} before starting emgd")
+    if path.exists():
+        restore.todo(f"{path} exists and emgd reads it at start-up instead: check that it holds the last message id, "
+                     f"or remove it")
 
 
 def _report(restore: RestoreRun, seqno, source: str, as_json: bool) -> int:
