@@ -86,5 +86,7 @@ def test_archive_of_run_finds_the_run_by_its_manifest_among_the_newest(tmp_path)
     assert archives.archive_of_run(repository, "run-a").name == "archive-0"
     assert archives.archive_of_run(repository, "run-a", newest=3) is None  # older ones are not read
     assert archives.archive_of_run(repository, "no-such-run") is None
+    # Made within a second or two: the order of borg's list decides between equal times.
+    assert [a.name for a in archives.emg_archives(repository)] == ["archive-3", "archive-2", "archive-0"]
     with pytest.raises(EmgBorgError, match="does not exist"):
         archives.archive_of_run(archives.Repository(str(tmp_path / "missing.borg")), "run-a")

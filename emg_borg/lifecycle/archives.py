@@ -146,8 +146,11 @@ def read_manifest(repository: Repository, name: str) -> dict | None:
 
 
 def _newest_first(repository: Repository) -> list[tuple[str, datetime.datetime]]:
+    """Archives by start time, newest first; archives started within the same second keep borg's
+    order (oldest first) reversed, so the one written last still comes first."""
     entries = borg.list_archives(repository.location, env=repository.env)
-    return sorted(((e["name"], archive_time(e)) for e in entries), key=lambda item: item[1], reverse=True)
+    ordered = sorted(enumerate(entries), key=lambda item: (archive_time(item[1]), item[0]), reverse=True)
+    return [(entry["name"], archive_time(entry)) for _, entry in ordered]
 
 
 def emg_archives(repository: Repository) -> list[Archive]:
