@@ -272,3 +272,15 @@ def test_without_the_lock_no_binlog_position_is_claimed(emg):
     manifest = json.loads(borg_cat(emg.repo, "a", "emg-borg/manifest.json"))
     assert manifest["consistency_lock"] == "none"
     assert "binlog_file" not in manifest["mysql"]
+
+
+def test_a_spool_moved_aside_by_restore_is_not_archived(emg):
+    aside = emg.tree.spooldir.parent / f"{emg.tree.spooldir.name}.emg-borg-before-restore-20261120-140000"
+    aside.mkdir()
+    (aside / "queue-0000.hdb").write_bytes(b"old")
+    inside = emg.tree.emgdir / "spool.emg-borg-before-restore-20261120-140000"  # vendor layout: in EMGDIR
+    inside.mkdir()
+    (inside / "x").write_bytes(b"old")
+    paths = backup_with_borg(emg)
+    assert not [p for p in paths if "emg-borg-before-restore" in p]
+    assert rel(emg.tree.emgdir / "server.cfg") in paths

@@ -31,6 +31,8 @@ FILE_KEYWORDS = {
 # Keywords naming directories handled on their own, never treated as referenced files.
 DIRECTORY_KEYWORDS = {"SPOOLDIR", "LOGDIR", "EMGLOGDIR"}
 KNOWN_CONFIG_FILES = ("server.cfg", "client.cfg", "license", "users", "routing")
+# `emg-borg restore` moves an existing spool aside under a name with this mark; backups skip it.
+MOVED_ASIDE_MARK = ".emg-borg-before-restore-"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -316,7 +316,7 @@ def restore_files(restore: RestoreRun, files: tuple) -> None:
     restore.done(f"extracted {', '.join(files)} ({items} items) to {', '.join(str(restore.live(r)) for r in roots)}")
 
 
-ASIDE_MARK = ".emg-borg-before-restore-"
+ASIDE_MARK = emg_layout.MOVED_ASIDE_MARK
 
 
 def _aside_name(stem: str, where: Path) -> Path:

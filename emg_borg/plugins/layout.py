@@ -57,7 +57,9 @@ def emg_borg_backup_patterns(run):
         if any(_within(read, pruned) for pruned in prunes):
             rules.append((read, f"+ pp:{read}"))
     rules.sort(key=lambda rule: len(rule[0].parts), reverse=True)
-    lines = [f"R {run.borg_root(root.path)}" for root in listed] + [line for _, line in rules]
+    # A spool that `emg-borg restore` moved aside is no one's data: never archive it again.
+    lines = [f"R {run.borg_root(root.path)}" for root in listed] + [f"! sh:**/*{emg_layout.MOVED_ASIDE_MARK}*"]
+    lines += [line for _, line in rules]
     if run.snapshot is not None:
         lines.extend(f"! pf:{path}" for path in run.snapshot.prune)
     return lines
