@@ -123,7 +123,8 @@ def _global_read_lock(run):
                 cursor.execute("FLUSH TABLES WITH READ LOCK")
         except Exception as error:  # noqa: BLE001 - PyMySQL errors vary; all mean "no lock"
             done.set()
-            reason = f"waited {timeout:g} s" if killed else str(error)
+            timed_out = killed or getattr(error, "args", (None,))[0] == 1205  # ER_LOCK_WAIT_TIMEOUT
+            reason = f"waited {timeout:g} s" if timed_out else str(error)
             if mode == "best-effort":
                 logger.warning("no global read lock (%s); going on unlocked: the dump and the spool may differ", reason)
                 run.lock_state = "failed, unlocked (best-effort)"
