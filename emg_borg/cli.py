@@ -141,6 +141,12 @@ def cmd_before_backup(args):
             logger.info("  %-11s %s", root["category"], root["path"])
     if args.json:
         _print_json(result)
+    if args.dry_run:
+        for problem in result["problems"][1:]:
+            logger.warning("preflight: %s", problem)
+        if result["problems"]:
+            raise EmgBorgError(backup.preflight_message(result["problems"]))
+        logger.info("preflight checks passed")
     return EXIT_OK
 
 

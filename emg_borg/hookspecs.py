@@ -2,7 +2,7 @@
 
 A backup (`emg-borg before-backup`) calls, in order:
 
-    discover_layout -> cleanup_stale -> [hold_consistency_point:
+    discover_layout -> preflight -> cleanup_stale -> [hold_consistency_point:
         take_snapshot -> capture_message_id -> begin_dumps] -> finish_dumps
     -> backup_patterns -> manifest_fields
 
@@ -38,6 +38,13 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 def emg_borg_discover_layout(config: Config) -> Layout:
     """Find the EMG installation: EMGDIR, SPOOLDIR, logs, executables, referenced files and the
     database profile, each path in one category. The first plugin that returns a layout wins."""
+
+
+@hookspec
+def emg_borg_preflight(run: BackupRun) -> list[str] | None:
+    """Check, changing nothing, that what this plugin will need is there: commands,
+    credentials, privileges. Return what is wrong, one line each. `before-backup --dry-run`
+    reports the checks; a real run stops on a failed check before it takes anything."""
 
 
 @hookspec

@@ -284,3 +284,28 @@ def test_a_spool_moved_aside_by_restore_is_not_archived(emg):
     paths = backup_with_borg(emg)
     assert not [p for p in paths if "emg-borg-before-restore" in p]
     assert rel(emg.tree.emgdir / "server.cfg") in paths
+
+
+def test_dry_run_checks_the_database_login(emg):
+    good = emg.emg_borg("before-backup", "--dry-run")
+    assert "preflight checks passed" in good.stderr
+    emg.tree.server_cfg.write_text(emg.tree.server_cfg.read_text().replace(f"PASSWORD={sample.DB_PASSWORD}", "PASSWORD=wrong"))
+    bad = emg.emg_borg("before-backup", "--dry-run", check=False)
+    assert bad.returncode == 1
+    errors = [line for line in bad.stderr.splitlines() if line.startswith("emg-borg: error:")]
+    assert len(errors) == 1 and "preflight check failed: cannot connect to MySQL" in errors[0] and "Access denied" in errors[0]
+    assert not emg.runtime.exists()
+
+
+def test_a_user_without_reload_fails_before_anything_is_taken(emg, mariadb):
+    user = f"noreload{emg.database[-6:]}"
+    mariadb.sql(f"CREATE USER '{user}'@'localhost' IDENTIFIED BY 'pw'; GRANT SELECT, PROCESS ON *.* TO '{user}'@'localhost';")
+    (emg.tmp / "pw").write_text("pw\n")
+    emg.write_config("none", f'[mysql]\nuser = "{user}"\nsocket = "{mariadb.socket}"\npassword_file = "{emg.tmp / "pw"}"\n')
+    result = emg.emg_borg("before-backup", check=False)
+    assert result.returncode == 1
+    assert "preflight check failed" in result.stderr and "lacks the RELOAD privilege" in result.stderr
+    assert leftovers(emg) == []
+    emg.write_config("none", f'[mysql]\nuser = "{user}"\nsocket = "{mariadb.socket}"\npassword_file = "{emg.tmp / "pw"}"\n'
+                             'lock = "none"\n')
+    assert "preflight checks passed" in emg.emg_borg("before-backup", "--dry-run").stderr  # no lock, no RELOAD needed

@@ -133,8 +133,13 @@ def before_backup(config, *, dry_run=False, repository=None) -> dict:
     run.categories = selected_categories(config)
     check_runtime_dir(run)
     run.provider = resolve_provider(run)
+    problems = [problem for found in run.hook.emg_borg_preflight(run=run) for problem in found or ()]
     if dry_run:
-        return plan_summary(run)
+        plan = plan_summary(run)
+        plan["problems"] = problems
+        return plan
+    if problems:
+        raise EmgBorgError(preflight_message(problems))
 
     run.runtime.ensure()
     lock = RunLock(run.runtime.lock)
@@ -325,6 +330,11 @@ def _remove_empty_dirs(top: Path) -> None:
         if child.is_dir() and not child.is_symlink():
             _remove_empty_dirs(child)
     top.rmdir()
+
+
+def preflight_message(problems: list[str]) -> str:
+    more = f" (and {len(problems) - 1} more; see before-backup --dry-run)" if len(problems) > 1 else ""
+    return f"preflight check failed: {problems[0]}{more}"
 
 
 def plan_summary(run: BackupRun) -> dict:

@@ -13,6 +13,7 @@ Ledger entries, released newest first: the top-level mount, the snapshot, the bi
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 
 from emg_borg.errors import EmgBorgError
@@ -32,6 +33,13 @@ def emg_borg_snapshot_providers():
 @hookimpl
 def emg_borg_snapshot_provider(run, filesystem):
     return NAME if filesystem == "btrfs" else None
+
+
+@hookimpl
+def emg_borg_preflight(run):
+    if run.provider == NAME and not shutil.which(btrfs.BTRFS):
+        return ["btrfs: command not found (apt-get install btrfs-progs)"]
+    return None
 
 
 def _device(source: str) -> str:

@@ -20,6 +20,8 @@ import contextlib
 import dataclasses
 import logging
 import math
+import re
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -166,6 +168,50 @@ def _close(run):
     if connection is not None:
         with contextlib.suppress(Exception):
             connection.close()
+
+
+def _has_reload(connection) -> bool:
+    """Whether a global grant of the current user includes RELOAD (or ALL PRIVILEGES). A role
+    granted to the user may carry it too; then the lock itself will tell, so say yes."""
+    with connection.cursor() as cursor:
+        cursor.execute("SHOW GRANTS FOR CURRENT_USER()")
+        grants = [row[0] for row in cursor.fetchall()]
+    if any(not re.search(r" ON \S+ TO ", grant, re.IGNORECASE) for grant in grants):
+        return True  # a role grant
+    for grant in grants:
+        match = re.match(r"GRANT (.+?) ON \*\.\* TO ", grant, re.IGNORECASE)
+        privileges = {p.strip().upper() for p in match.group(1).split(",")} if match else set()
+        if privileges & {"RELOAD", "ALL PRIVILEGES", "ALL"}:
+            return True
+    return False
+
+
+@hookimpl
+def emg_borg_preflight(run):
+    """Connect as the backup will, check the global read lock's privilege, run the [seqno]
+    query and find mysqldump; take no lock."""
+    if not enabled(run.config, run.layout):
+        return None
+    problems = []
+    settings = connection_settings(run.config, run.layout)
+    if "database" in run.categories and not shutil.which(run.config["mysql"]["mysqldump"]):
+        problems.append(f"{run.config['mysql']['mysqldump']}: command not found (install the MariaDB/MySQL client)")
+    try:
+        connection = mysql.connect(settings)
+    except EmgBorgError as error:
+        return problems + [str(error)]
+    try:
+        if run.config["mysql"]["lock"] != "none" and not _has_reload(connection):
+            problems.append(f"{settings.describe()}: the user lacks the RELOAD privilege needed for the global read lock")
+        if not run.config["seqno"]["command"]:
+            query, args, _, _ = _message_id_query(run.config, run.layout.node_id)
+            try:
+                _query_one(connection, query, args)
+            except Exception as error:  # noqa: BLE001
+                problems.append(f"[seqno] query {query!r} failed: {error}")
+    finally:
+        connection.close()
+    return problems
 
 
 @hookimpl
