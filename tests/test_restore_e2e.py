@@ -193,7 +193,7 @@ def test_newer_live_database_raises_the_written_id(emg, mariadb, tmp_path):
     # --skip-data: configuration and seqno only; the live database was kept.
     assert {k for k in files_under(target) if k.startswith(rel(emg.tree.spooldir))} == {rel(emg.tree.spooldir / "seqno")}
     assert set(config_files(emg)) <= set(files_under(target))
-    assert "left the database" in result.stdout and "left the spool alone (--skip-data)" in result.stdout
+    assert "left the database" in result.stdout and "recreates empty queues" in result.stdout
     assert mariadb.sql("SELECT MAX(id) FROM routelog", emg.database).split() == ["5000"]
 
     again = tmp_path / "again"
@@ -202,6 +202,26 @@ def test_newer_live_database_raises_the_written_id(emg, mariadb, tmp_path):
                           "--message-id", "7000")
     assert (again / rel(seqno.relative_to(target))).read_bytes() == b"7000\n"
     assert "from --message-id 7000" in result.stdout
+
+
+@pytest.mark.parametrize("selection", [("--skip-data",), ("--categories", "config")], ids=["skip-data", "config"])
+def test_restore_without_data_keeps_the_live_message_id_counter(emg, mariadb, tmp_path, selection):
+    """The live spool stays, and its seqno.hdb counts on from ids newer than the archive: a
+    seqno file (read into seqno.hdb at start-up) would set the ids back, so none is written
+    unless --message-id is given."""
+    emg.borgmatic_create()
+    mariadb.sql("INSERT INTO routelog (id, connector) VALUES (5000, 'mgp-in1')", emg.database)
+    result = emg.emg_borg("restore", "--repository", str(emg.repo), *selection)
+    spool = emg.tree.spooldir
+    assert (spool / "seqno").read_bytes() == b"1\n"  # the sample's stale file, untouched and pointed out
+    assert f"{spool / 'seqno'} exists and emgd reads it into seqno.hdb at start-up" in result.stdout
+    assert f"wrote no {spool / 'seqno'}: the live message id counter {spool / 'seqno.hdb'} was kept" in result.stdout
+    assert f"left the live spool {spool} as it is" in result.stdout and "recreates empty" not in result.stdout
+    assert "wrote " + str(spool / "seqno") not in result.stdout
+
+    result = emg.emg_borg("restore", "--repository", str(emg.repo), *selection, "--message-id", "9000")
+    assert (spool / "seqno").read_bytes() == b"9000\n"
+    assert "from --message-id 9000" in result.stdout
 
 
 def test_non_empty_database_is_replaced_only_with_force_database(emg, mariadb, tmp_path):

@@ -198,16 +198,23 @@ def cmd_restore(args, config) -> int:
     with restore.cleanup:
         try:
             check_machine(restore)
-            seqno, source = message_id(restore, args.message_id)
+            live_counter = restore.live(restore.layout.spooldir) / "seqno.hdb"
+            keep_live_counter = "data" not in selected and args.message_id is None and live_counter.exists()
+            if keep_live_counter:
+                seqno, source = None, f"the live message id counter {live_counter} is newer than the archive"
+            else:
+                seqno, source = message_id(restore, args.message_id)
             if "database" in selected and not restore.hook.emg_borg_restore_database(restore=restore):
                 logger.warning("no plugin restored the database (server.cfg has no MySQL DB profile?)")
-            if args.skip_data:
-                restore.done("left the spool alone (--skip-data): emgd recreates empty queues, delivery reports, "
-                             "SAT pool and keyword sessions")
+            if "data" not in selected:
+                note_live_spool(restore)
             files = tuple(c for c in selected if c != "database")
             if files:
                 restore_files(restore, files)
-            write_seqno(restore, seqno, source)
+            if keep_live_counter:
+                keep_seqno(restore, live_counter)
+            else:
+                write_seqno(restore, seqno, source)
         except BaseException:
             # The error comes next, as one line; say what had already been done before it.
             for line in restore.actions:
@@ -381,6 +388,31 @@ def write_seqno(restore: RestoreRun, value: int | None, source: str) -> None:
     os.chmod(tmp, 0o644)
     os.replace(tmp, path)
     restore.done(f"wrote {path} = {value} from {source}")
+
+
+def note_live_spool(restore: RestoreRun) -> None:
+    """The spool is not being restored (--skip-data, or a selection without data): say what emgd
+    will find there."""
+    spool = restore.live(restore.layout.spooldir)
+    if spool.is_dir() and any(child.name != "seqno" for child in spool.iterdir()):
+        restore.done(f"left the live spool {spool} as it is (data not restored): emgd keeps its queues, delivery "
+                     f"reports, SAT pool and keyword sessions")
+    else:
+        restore.done(f"restored no spool and there is none at {spool} (data not restored): emgd recreates empty "
+                     f"queues, delivery reports, SAT pool and keyword sessions")
+
+
+def keep_seqno(restore: RestoreRun, counter: Path) -> None:
+    """The spool was not restored and its live `seqno.hdb` is there: it counts on from ids newer
+    than the archive, and a seqno file (read into it at start-up) could only set it back."""
+    path = counter.parent / "seqno"
+    logger.warning("the spool was not restored and %s exists: not writing %s (pass --message-id N to write one)",
+                   counter, path)
+    restore.done(f"wrote no {path}: the live message id counter {counter} was kept, it is newer than the archive "
+                 f"(--message-id N writes a seqno anyway)")
+    if path.exists():
+        restore.todo(f"{path} exists and emgd reads it into {counter.name} at start-up: check that it holds the last "
+                     f"message id, or remove it")
 
 
 def _no_seqno(restore: RestoreRun, path: Path, source: str) -> None:
