@@ -262,6 +262,36 @@ def test_restore_with_database_unreachable_restores_files_and_says_what_is_left(
     assert list(again.iterdir()) == []
 
 
+def test_a_file_borg_cannot_write_fails_restore_and_verify(emg, tmp_path):
+    """borg exits 1 (a warning) when it cannot write a file: that is a failed restore, not a
+    restored one, and a failed verify."""
+    emg.borgmatic_create()
+    target = tmp_path / "target"
+    users = target / rel(emg.tree.emgdir / "users")
+    users.parent.mkdir(parents=True)
+    users.write_text("old users\n")
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    subprocess.run(["chattr", "+i", str(users), str(scratch)], check=True)
+    try:
+        result = emg.emg_borg("restore", "--repository", str(emg.repo), "--target", str(target),
+                              "--categories", "config", check=False)
+        assert result.returncode == 1
+        assert users.read_text() == "old users\n"
+        todo = result.stdout.split("still to do:")[1]
+        assert "NOT RESTORED" in todo and f"{rel(emg.tree.emgdir / 'users')}: open: [Errno 1] Operation not permitted" in todo
+        assert (target / rel(emg.tree.server_cfg)).read_bytes() == emg.tree.server_cfg.read_bytes()
+        errors = error_lines(result)
+        assert len(errors) == 1 and "restore incomplete: borg could not write 1 path(s)" in errors[0]
+
+        verified = emg.emg_borg("verify", "--repository", str(emg.repo), "--scratch-dir", str(scratch), check=False)
+        assert verified.returncode == 1
+        assert len(verified.stdout.splitlines()) == 1
+        assert verified.stdout.startswith(f"verify FAILED: {newest(emg)}: extract: borg could not write")
+    finally:
+        subprocess.run(["chattr", "-i", str(users), str(scratch)], check=True)
+
+
 def test_restore_moves_an_existing_spool_aside(emg, tmp_path):
     emg.borgmatic_create()
     target = tmp_path / "target"

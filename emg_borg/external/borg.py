@@ -8,6 +8,7 @@ without appearing in argv.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import subprocess
@@ -56,10 +57,26 @@ def list_items(repository: str, archive: str, patterns_from, env=None) -> list[d
     return [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
 
 
-def extract(repository: str, archive: str, patterns_from, destination, progress: Callable | None = None, env=None) -> int:
+@dataclasses.dataclass
+class Extracted:
+    """What `borg extract` did: the items it listed, and its warnings (exit 1), one per path it
+    could not write, e.g. "etc/emg/users: open: [Errno 1] Operation not permitted: ...". An
+    extraction with warnings is incomplete: those paths hold old content or nothing."""
+
+    items: int
+    warnings: list[str] = dataclasses.field(default_factory=list)
+
+    @property
+    def complete(self) -> bool:
+        return not self.warnings
+
+
+def extract(repository: str, archive: str, patterns_from, destination, progress: Callable | None = None,
+            env=None) -> Extracted:
     """Extract what a patterns file selects into `destination` (borg extracts into its working
     directory). `progress(message)` receives each `progress_percent` message of borg's
-    `--log-json` output. Returns the number of items extracted."""
+    `--log-json` output. Exit 1 (warnings) is returned as `Extracted.warnings`, for the caller to
+    report as a failure; other non-zero exits raise."""
     argv = (BORG, "--log-json", "extract", "--list", "--progress", "--patterns-from", str(patterns_from),
             f"{repository}::{archive}")
     logger.debug("running: %s (in %s)", describe(argv), destination)
@@ -70,7 +87,7 @@ def extract(repository: str, archive: str, patterns_from, destination, progress:
         )
     except FileNotFoundError:
         raise CommandError(f"{BORG}: command not found (install borgbackup 1.4)")
-    items, other = 0, []
+    items, other, warnings = 0, [], []
     for line in process.stderr:
         try:
             message = json.loads(line)
@@ -83,16 +100,19 @@ def extract(repository: str, archive: str, patterns_from, destination, progress:
             items += 1
         else:
             other.append(line)
+            if message.get("type") == "log_message" and message.get("levelname") == "WARNING":
+                warnings.append(" ".join(str(message.get("message", "")).split()))
     process.wait()
-    if process.returncode not in (0, 1):  # 1 is a warning (e.g. a file that could not be chowned)
+    if process.returncode not in (0, 1):
         raise CommandError(
             f"borg extract {archive} failed (exit {process.returncode}): {error_line(''.join(other)) or 'no error output'}",
             process.returncode, "".join(other),
         )
-    if process.returncode == 1:
-        warning = error_line("".join(other), ("WARNING",))
-        logger.warning("borg extract %s finished with warnings: %s", archive, warning or "see borg's output")
-    return items
+    if process.returncode == 1:  # a warning: a file that could not be written, opened, chowned...
+        warnings = warnings or [error_line("".join(other), ("WARNING",)) or "borg exited 1 (warning) without saying why"]
+        for warning in warnings:
+            logger.warning("borg extract %s: %s", archive, warning)
+    return Extracted(items, warnings if process.returncode == 1 else [])
 
 
 def read_file(repository: str, archive: str, path: str, env=None) -> bytes | None:

@@ -93,16 +93,23 @@ def human_size(n: float) -> str:
     return f"{n} B"
 
 
-def extract(repository: Repository, archive: Archive, selected, destination: Path) -> int:
-    """Extract the selected categories into `destination` (which must exist). Returns the number
-    of items borg extracted."""
+def extract(repository: Repository, archive: Archive, selected, destination: Path) -> borg.Extracted:
+    """Extract the selected categories into `destination` (which must exist). Returns borg's
+    item count and the warnings naming the paths it could not write (the caller fails on them)."""
     lines = category_module.pattern_lines(ensure_manifest_categories(archive), selected)
     progress = Progress(f"extracting {', '.join(selected)} from {archive.name}")
     logger.info("extracting %s from %s into %s", ", ".join(selected), archive.name, destination)
     with patterns_file(lines) as patterns:
-        items = borg.extract(repository.location, archive.name, patterns, destination, progress, env=repository.env)
-    logger.info("extracted %d items in %.1f s", items, progress.elapsed())
-    return items
+        result = borg.extract(repository.location, archive.name, patterns, destination, progress, env=repository.env)
+    logger.info("extracted %d items in %.1f s%s", result.items, progress.elapsed(),
+                f", {len(result.warnings)} with problems" if result.warnings else "")
+    return result
+
+
+def incomplete(result: borg.Extracted) -> str:
+    """One line naming what an extraction with warnings could not write."""
+    shown = "; ".join(result.warnings[:3]) + (f"; and {len(result.warnings) - 3} more" if len(result.warnings) > 3 else "")
+    return f"borg could not write {len(result.warnings)} path(s): {shown}"
 
 
 def check_destination(destination: str | None, in_place: bool) -> Path | None:

@@ -29,7 +29,7 @@ from emg_borg import config as config_module
 from emg_borg.emg import categories as category_module
 from emg_borg.emg import layout as emg_layout
 from emg_borg.emg import servercfg
-from emg_borg.errors import EXIT_OK, ConfigError, EmgBorgError, UsageError
+from emg_borg.errors import EXIT_FAILURE, EXIT_OK, ConfigError, EmgBorgError, UsageError
 from emg_borg.external import borg, proc
 from emg_borg.lifecycle import extract as extraction
 from emg_borg.lifecycle.archives import Archive, Repository, emg_archives, resolve_repository, select
@@ -68,6 +68,7 @@ class RestoreRun:
     cleanup: contextlib.ExitStack = dataclasses.field(default_factory=contextlib.ExitStack)
     actions: list = dataclasses.field(default_factory=list)
     remaining: list = dataclasses.field(default_factory=list)
+    unwritten: list = dataclasses.field(default_factory=list)  # borg's warnings: paths it could not write
     plugin_state: dict = dataclasses.field(default_factory=dict)
 
     @property
@@ -91,7 +92,10 @@ class RestoreRun:
         mysql = self.manifest["mysql"]
         scratch = Path(tempfile.mkdtemp(prefix="emg-borg-dump-"))
         self.cleanup.callback(shutil.rmtree, scratch, True)
-        extraction.extract(self.repository, self.archive, ("database",), scratch)
+        extracted = extraction.extract(self.repository, self.archive, ("database",), scratch)
+        if not extracted.complete:
+            raise EmgBorgError(f"archive {self.archive.name}: the dump could not be extracted: "
+                               f"{extraction.incomplete(extracted)}; not loading it")
         path = scratch / mysql["dump"]
         problem = dump_problem(path, mysql)
         if problem:
@@ -154,7 +158,10 @@ def cmd_extract(args, config) -> int:
         return _print_plan(extraction.plan(repository, archive, selected), archive, args.json)
     destination = destination or extraction.new_directory(archive)
     with extraction.created_directory(destination, keep_on_error=args.in_place):
-        items = extraction.extract(repository, archive, selected, destination)
+        extracted = extraction.extract(repository, archive, selected, destination)
+    if not extracted.complete:
+        raise EmgBorgError(f"extraction into {destination} incomplete: {extraction.incomplete(extracted)}")
+    items = extracted.items
     result = {"archive": archive.name, "categories": list(selected), "destination": str(destination), "items": items}
     if args.json:
         _print_json(result)
@@ -318,9 +325,13 @@ def restore_files(restore: RestoreRun, files: tuple) -> None:
     if "data" in files:
         for root in restore.manifest["categories"].get("data", []):
             move_aside(restore, restore.live(root))
-    items = extraction.extract(restore.repository, restore.archive, files, restore.target)
+    extracted = extraction.extract(restore.repository, restore.archive, files, restore.target)
     roots = category_module.selected_roots(restore.manifest["categories"], files)
-    restore.done(f"extracted {', '.join(files)} ({items} items) to {', '.join(str(restore.live(r)) for r in roots)}")
+    restore.done(f"extracted {', '.join(files)} ({extracted.items} items) to "
+                 f"{', '.join(str(restore.live(r)) for r in roots)}")
+    for warning in extracted.warnings:
+        restore.unwritten.append(warning)
+        restore.todo(f"NOT RESTORED (borg could not write it; fix the cause and extract it again): {warning}")
 
 
 ASIDE_MARK = emg_layout.MOVED_ASIDE_MARK
@@ -438,9 +449,12 @@ def _report(restore: RestoreRun, seqno, source: str, as_json: bool) -> int:
             "archive": archive.name, "time": archive.time.isoformat(timespec="seconds"), "target": str(restore.target),
             "categories": list(restore.categories), "dry_run": restore.dry_run,
             "seqno": {"value": seqno, "source": source}, "done": restore.actions, "todo": restore.remaining,
+            "not_restored": restore.unwritten,
         })
-        return EXIT_OK
+        return EXIT_FAILURE if restore.unwritten else EXIT_OK
     heading = "dry run: would restore" if restore.dry_run else "restored"
+    if restore.unwritten:
+        heading = f"restore INCOMPLETE ({len(restore.unwritten)} path(s) could not be written): restored"
     print(f"{heading} from {archive.name} ({archive.time.isoformat(timespec='seconds')}, "
           f"message id {restore.manifest.get('message_id')}) into {restore.target}")
     for line in restore.actions:
@@ -448,6 +462,9 @@ def _report(restore: RestoreRun, seqno, source: str, as_json: bool) -> int:
     print("still to do:")
     for line in restore.remaining:
         print(f"  - {line}")
+    if restore.unwritten:
+        logger.error("restore incomplete: %s", extraction.incomplete(borg.Extracted(0, restore.unwritten)))
+        return EXIT_FAILURE
     return EXIT_OK
 
 

@@ -72,8 +72,11 @@ def run(args, config) -> int:
             stack.callback(shutil.rmtree, scratch_dir, True)
         else:
             scratch_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        items = extraction.extract(repository, archive, wanted, scratch_dir)
-        checks.append(Check("extract", items > 0, f"{items} items of {', '.join(wanted)}"))
+        extracted = extraction.extract(repository, archive, wanted, scratch_dir)
+        if not extracted.complete:
+            checks.append(Check("extract", False, extraction.incomplete(extracted)))
+        else:
+            checks.append(Check("extract", extracted.items > 0, f"{extracted.items} items of {', '.join(wanted)}"))
         checks.extend(file_checks(scratch_dir, manifest))
         if args.load_dump:
             checks.append(load_check(args, config, repository, archive, scratch_dir))
