@@ -236,8 +236,12 @@ def test_non_empty_database_is_replaced_only_with_force_database(emg, mariadb, t
     assert list(target.iterdir()) == []
     assert mariadb.sql("SELECT MAX(id) FROM routelog", emg.database).split() == ["5000"]
 
+    mariadb.sql("CREATE TABLE extra_live (id INT PRIMARY KEY)", emg.database)  # not in the archived dump
     result = emg.emg_borg("restore", "--repository", str(emg.repo), "--target", str(target), "--force-database")
     assert mariadb.sql("SELECT COUNT(*), MAX(id) FROM routelog", emg.database).split() == ["50", "1049"]
+    # Replaced, not merged: the live-only table is gone, and the count is the dump's own.
+    assert mariadb.sql("SHOW TABLES LIKE 'extra_live'", emg.database) == ""
+    assert "(5 tables)" in result.stdout and "dropped the database" in result.stdout
     # The id read before the dump replaced the table still wins.
     assert (target / rel(emg.tree.spooldir) / "seqno").read_bytes() == b"5000\n"
     assert "loaded the dump" in result.stdout

@@ -398,6 +398,18 @@ def table_count(connection, database: str) -> int | None:
     return int(_query_one(connection, "SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = %s", (database,))[0])
 
 
+def recreate_database(connection, database: str) -> None:
+    """Drop `database` and create it again, empty, with its character set and collation, so that
+    a dump loaded into it leaves no table of the old content behind."""
+    charset, collation = _query_one(
+        connection, "SELECT DEFAULT_CHARACTER_SET_NAME, DEFAULT_COLLATION_NAME FROM information_schema.SCHEMATA "
+        "WHERE SCHEMA_NAME = %s", (database,))
+    logger.warning("dropping database %s (--force-database) to load the archived dump into it", database)
+    with connection.cursor() as cursor:
+        cursor.execute(f"DROP DATABASE {quote_name(database)}")
+        cursor.execute(f"CREATE DATABASE {quote_name(database)} CHARACTER SET {charset} COLLATE {collation}")
+
+
 def load_into(config, settings: mysql.Connection, dump_path, connection) -> int:
     """Create `settings.database` if missing, load the dump into it, and return its table count."""
     with connection.cursor() as cursor:
@@ -464,7 +476,12 @@ def emg_borg_restore_database(restore):
         if restore.dry_run:
             restore.done(f"would load the dump into {settings.describe()}")
             return True
-        loaded = load_into(restore.config, settings, restore.fetch_dump(), connection)
+        dump = restore.fetch_dump()  # extracted and checked against the manifest before anything is dropped
+        if tables:
+            recreate_database(connection, settings.database)
+            restore.done(f"dropped the database {settings.database} ({tables} tables) and created it empty "
+                         f"(--force-database)")
+        loaded = load_into(restore.config, settings, dump, connection)
         restore.done(f"loaded the dump of {restore.manifest['mysql'].get('database')} into {settings.describe()} "
                      f"({loaded} tables)")
         return True
