@@ -247,6 +247,36 @@ def test_non_empty_database_is_replaced_only_with_force_database(emg, mariadb, t
     assert "loaded the dump" in result.stdout
 
 
+def test_database_is_loaded_last_and_not_after_an_incomplete_extraction(emg, mariadb, tmp_path):
+    emg.borgmatic_create()
+    mariadb.sql("INSERT INTO routelog (id, connector) VALUES (5000, 'mgp-in1')", emg.database)
+    target = tmp_path / "target"
+    users = target / rel(emg.tree.emgdir / "users")
+    users.parent.mkdir(parents=True)
+    users.write_text("old users\n")
+    (target / rel(emg.tree.server_cfg)).write_text("# old server.cfg\n")
+    subprocess.run(["chattr", "+i", str(users)], check=True)
+    try:
+        result = emg.emg_borg("restore", "--repository", str(emg.repo), "--target", str(target), "--force-database",
+                              check=False)
+    finally:
+        subprocess.run(["chattr", "-i", str(users)], check=True)
+    assert result.returncode == 1
+    # The database still goes with the live files: not replaced after the failed extraction.
+    assert mariadb.sql("SELECT COUNT(*), MAX(id) FROM routelog", emg.database).split() == ["51", "5000"]
+    assert "loaded the dump" not in result.stdout
+    assert "not done because the files are incomplete: load the dump" in result.stdout
+    # The configuration file that was there and was replaced is named.
+    assert f"overwrote 1 existing configuration files with the archived ones (their previous content is not kept): " \
+           f"{target / rel(emg.tree.server_cfg)}" in result.stdout
+
+    result = emg.emg_borg("restore", "--repository", str(emg.repo), "--target", str(target), "--force-database")
+    assert mariadb.sql("SELECT COUNT(*), MAX(id) FROM routelog", emg.database).split() == ["50", "1049"]
+    done = [line for line in result.stdout.splitlines() if "done:" in line]
+    order = [what for line in done for what in ("extracted", "dropped the database", "loaded the dump") if what in line]
+    assert order == ["extracted", "dropped the database", "loaded the dump"]
+
+
 def test_restore_with_database_unreachable_restores_files_and_says_what_is_left(emg, tmp_path):
     emg.borgmatic_create()
     emg.write_config("none", "[mysql]\nport = 1\n")  # [mysql] overrides the archived DB profile

@@ -2,9 +2,10 @@
 
 `restore` is the vendor note's "Simple recovery" as one command, in an order where a refusal comes
 before anything is written: it refuses while emgd runs; reads the live database's message id
-before the database could be replaced; loads the dump (only into an empty or missing database,
-unless told otherwise); extracts configuration and spool over the live paths, moving an existing
-spool aside first so old and restored queue files never mix; and writes `SPOOLDIR/seqno` so emgd
+before the database could be replaced; checks the database step (refusing a non-empty database
+unless told otherwise) and fetches and checks the dump; extracts configuration and spool over the
+live paths, moving an existing spool aside first so old and restored queue files never mix; only
+then loads the dump (not after an incomplete extraction); and writes `SPOOLDIR/seqno` so emgd
 starts with an id above every id it has used. It ends with a checklist for the operator.
 
 Each `cmd_*` takes the parsed arguments and the emg-borg configuration (None when there is none:
@@ -69,6 +70,7 @@ class RestoreRun:
     actions: list = dataclasses.field(default_factory=list)
     remaining: list = dataclasses.field(default_factory=list)
     unwritten: list = dataclasses.field(default_factory=list)  # borg's warnings: paths it could not write
+    deferred: list = dataclasses.field(default_factory=list)  # (what, step): database loads, run after the files
     plugin_state: dict = dataclasses.field(default_factory=dict)
 
     @property
@@ -85,6 +87,11 @@ class RestoreRun:
 
     def todo(self, text: str) -> None:
         self.remaining.append(text)
+
+    def later(self, what: str, step) -> None:
+        """Run `step()` after the files are restored: a restore hook checks (and refuses) at once and
+        leaves the irreversible part (replacing the database) for last."""
+        self.deferred.append((what, step))
 
     def fetch_dump(self) -> Path:
         """The archived dump, extracted into a private temporary directory (removed when the
@@ -218,6 +225,7 @@ def cmd_restore(args, config) -> int:
             files = tuple(c for c in selected if c != "database")
             if files:
                 restore_files(restore, files)
+            run_deferred(restore)
             if keep_live_counter:
                 keep_seqno(restore, live_counter)
             else:
@@ -316,6 +324,25 @@ def message_id(restore: RestoreRun, given: int | None) -> tuple[int | None, str]
     return value + margin, text
 
 
+def run_deferred(restore: RestoreRun) -> None:
+    """The database loads, last: not after an incomplete extraction (the operator fixes that
+    first, and the database is still the one that goes with the old files)."""
+    if restore.unwritten:
+        for what, _ in restore.deferred:
+            restore.todo(f"not done because the files are incomplete: {what}; once they are restored, run: emg-borg "
+                         f"restore --archive {restore.archive.name} --categories database --database --force-database")
+        return
+    for _, step in restore.deferred:
+        step()
+
+
+def existing_config_files(restore: RestoreRun) -> list[Path]:
+    """The configuration files an extraction is about to overwrite."""
+    items = extraction.plan(restore.repository, restore.archive, ("config",)).get("config", [])
+    return [restore.live(item["path"]) for item in items
+            if item.get("type") == "-" and restore.live(item["path"]).is_file()]
+
+
 def restore_files(restore: RestoreRun, files: tuple) -> None:
     """Extract the file categories over the live paths (under the target)."""
     if restore.dry_run:
@@ -325,6 +352,7 @@ def restore_files(restore: RestoreRun, files: tuple) -> None:
     if "data" in files:
         for root in restore.manifest["categories"].get("data", []):
             move_aside(restore, restore.live(root))
+    overwritten = existing_config_files(restore) if "config" in files else []
     extracted = extraction.extract(restore.repository, restore.archive, files, restore.target)
     roots = category_module.selected_roots(restore.manifest["categories"], files)
     restore.done(f"extracted {', '.join(files)} ({extracted.items} items) to "
@@ -332,6 +360,11 @@ def restore_files(restore: RestoreRun, files: tuple) -> None:
     for warning in extracted.warnings:
         restore.unwritten.append(warning)
         restore.todo(f"NOT RESTORED (borg could not write it; fix the cause and extract it again): {warning}")
+    unwritten = {warning.split(":", 1)[0] for warning in extracted.warnings}
+    replaced = [str(path) for path in overwritten if str(path.relative_to(restore.target)) not in unwritten]
+    if replaced:
+        restore.done(f"overwrote {len(replaced)} existing configuration files with the archived ones (their previous "
+                     f"content is not kept): {', '.join(replaced)}")
 
 
 ASIDE_MARK = emg_layout.MOVED_ASIDE_MARK

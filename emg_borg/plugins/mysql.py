@@ -476,14 +476,23 @@ def emg_borg_restore_database(restore):
         if restore.dry_run:
             restore.done(f"would load the dump into {settings.describe()}")
             return True
-        dump = restore.fetch_dump()  # extracted and checked against the manifest before anything is dropped
-        if tables:
-            recreate_database(connection, settings.database)
-            restore.done(f"dropped the database {settings.database} ({tables} tables) and created it empty "
-                         f"(--force-database)")
-        loaded = load_into(restore.config, settings, dump, connection)
-        restore.done(f"loaded the dump of {restore.manifest['mysql'].get('database')} into {settings.describe()} "
-                     f"({loaded} tables)")
-        return True
+        dump = restore.fetch_dump()  # extracted and checked against the manifest before anything is written
     finally:
         connection.close()
+
+    def load():
+        # Last, after the files: a failed extraction must not leave a replaced database behind.
+        connection = server_connection(settings)
+        try:
+            if tables:
+                recreate_database(connection, settings.database)
+                restore.done(f"dropped the database {settings.database} ({tables} tables) and created it empty "
+                             f"(--force-database)")
+            loaded = load_into(restore.config, settings, dump, connection)
+        finally:
+            connection.close()
+        restore.done(f"loaded the dump of {restore.manifest['mysql'].get('database')} into {settings.describe()} "
+                     f"({loaded} tables)")
+
+    restore.later(f"load the dump into {settings.describe()}", load)
+    return True
