@@ -95,3 +95,15 @@ def test_selected_roots_and_missing():
     assert categories.selected_roots(VENDOR, ("config", "data")) == ["etc/emg"]
     assert categories.selected_roots(VENDOR, ("data",)) == ["etc/emg/spool"]
     assert categories.missing(SAMPLE, ("config", "executables")) == ["executables"]
+
+
+@pytest.mark.parametrize("layout", [SAMPLE, VENDOR], ids=["sample", "vendor"])
+@pytest.mark.parametrize("selected", [("logs",), ("data",), ("logs", "data"), ("executables", "logs")])
+def test_no_include_line_for_a_path_that_is_already_a_root(layout, selected):
+    """borg warns "Include pattern ... never matched" (exit 1) for `+ pp:X` next to `R X`."""
+    if not categories.selected_roots(layout, selected):
+        pytest.skip("the layout holds none of these")
+    lines = categories.pattern_lines(layout, selected)
+    roots = {line[2:] for line in lines if line.startswith("R ")}
+    assert not [line for line in lines if line.startswith("+ pp:") and line[5:] in roots], lines
+    assert borg_selects(lines) == {p for p in PATHS if categories.category_of(p, layout) in selected}

@@ -104,6 +104,22 @@ def test_patterns_file_works_with_plain_borg_extract(emg, tmp_path):
     assert files_under(destination) == config_files(emg)
 
 
+def test_patterns_for_nested_logs_work_with_plain_borg_extract(emg, tmp_path):
+    """The logs lie inside EMGDIR: their root is an `R` line, and plain borg extracts them with exit 0
+    (no "Include pattern ... never matched" warning)."""
+    emg.borgmatic_create()
+    text = emg.emg_borg("patterns", "--repository", str(emg.repo), "--categories", "logs").stdout
+    assert f"R {rel(emg.tree.logdir)}" in text and f"pp:{rel(emg.tree.logdir)}" not in text
+    patterns = tmp_path / "patterns"
+    patterns.write_text(text)
+    destination = tmp_path / "out"
+    destination.mkdir()
+    result = subprocess.run(["borg", "extract", "--patterns-from", str(patterns), f"{emg.repo}::{newest(emg)}"],
+                            cwd=destination, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert set(files_under(destination)) == {rel(p) for p in emg.tree.logdir.rglob("*") if p.is_file()}
+
+
 def test_at_picks_the_right_one_of_three_archives(emg, mariadb, tmp_path):
     ids = [1049, 2000, 3000]
     for number, message_id in enumerate(ids):

@@ -78,6 +78,11 @@ def pattern_lines(manifest_categories: dict, selected) -> list[str]:
         if not enclosing:
             continue
         parent_category = max(enclosing, key=lambda r: len(r[1].parts))[0]
+        if str(root) in tops:
+            # An `R` root is selected by being a root; no selected root encloses it, so no `!` line
+            # can catch it first. A `+` line for it too would never match and make borg warn ("never
+            # matched") and exit 1.
+            continue
         if (category in selected) != (parent_category in selected):
             lines.append(f"{'+' if category in selected else '!'} pp:{root}")
     lines.extend(f"R {root}" for root in tops)
