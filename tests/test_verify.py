@@ -19,3 +19,15 @@ def test_scratch_db_spec():
     assert (sock.socket, sock.host, sock.database) == ("/run/mysqld/mysqld.sock", None, "drill")
     with pytest.raises(UsageError, match="--scratch-db"):
         verify.parse_scratch_db("drill; DROP DATABASE emg", base)
+
+
+def test_a_bad_scratch_db_is_refused_before_any_work(tmp_path):
+    from conftest import run_emg_borg
+
+    scratch = tmp_path / "scratch"
+    result = run_emg_borg("verify", "--repository", str(tmp_path / "no-repo-needed"), "--scratch-dir", str(scratch),
+                          "--load-dump", "--scratch-db", "not a name!", check=False)
+    assert result.returncode == 2
+    errors = [line for line in result.stderr.splitlines() if line.startswith("emg-borg: error:")]
+    assert len(errors) == 1 and "--scratch-db 'not a name!': expected NAME" in errors[0]
+    assert "extracting" not in result.stderr and not scratch.exists()

@@ -59,6 +59,8 @@ class Check:
 def run(args, config) -> int:
     if args.load_dump and not args.scratch_db:
         raise UsageError("--load-dump needs --scratch-db NAME (a throwaway database)")
+    if args.scratch_db:
+        parse_scratch_db(args.scratch_db, None)  # a bad spec is a usage error before any work
     scratch_dir = Path(args.scratch_dir).resolve() if args.scratch_dir else None
     if scratch_dir is not None and scratch_dir.is_dir() and any(scratch_dir.iterdir()):
         raise UsageError(f"--scratch-dir {scratch_dir} is not empty")
