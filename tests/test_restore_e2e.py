@@ -493,6 +493,30 @@ def rebuilt_archive(emg, tmp_path, name, change) -> str:
     return name
 
 
+def test_message_id_out_of_range_is_a_usage_error(emg, mariadb, tmp_path):
+    emg.borgmatic_create()
+
+    def node_3(work, manifest):
+        manifest["node_id"] = 3
+
+    on_node_3 = rebuilt_archive(emg, tmp_path, "node-3", node_3)
+    target = tmp_path / "target"
+    target.mkdir()
+    cases = [("0", None, "out of range"), ("-5", None, "out of range"), (str(2**63), None, "out of range"),
+             ("7000", on_node_3, "outside node 3's range 30000000000000000 ... 39999999999999999")]
+    for value, archive, message in cases:
+        selection = ("--archive", archive) if archive else ()
+        result = emg.emg_borg("restore", "--repository", str(emg.repo), "--target", str(target), *selection,
+                              "--message-id", value, check=False)
+        assert result.returncode == 2, (value, result.stderr)
+        errors = error_lines(result)
+        assert len(errors) == 1 and f"--message-id {value} " in errors[0] and message in errors[0], result.stderr
+        assert list(target.iterdir()) == []
+    result = emg.emg_borg("restore", "--repository", str(emg.repo), "--target", str(target), "--archive", on_node_3,
+                          "--skip-data", "--message-id", str(3 * 10**16 + 7000))
+    assert (target / rel(emg.tree.spooldir) / "seqno").read_bytes() == b"%d\n" % (3 * 10**16 + 7000)
+
+
 def test_verify_passes_on_a_good_archive_and_fails_on_an_altered_dump(emg, mariadb, tmp_path):
     emg.borgmatic_create()
     good = newest(emg)

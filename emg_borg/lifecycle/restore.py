@@ -36,6 +36,7 @@ from emg_borg.lifecycle import extract as extraction
 from emg_borg.lifecycle.archives import Archive, Repository, emg_archives, resolve_repository, select
 from emg_borg.lifecycle.backup import machine_identity, sha256_file
 from emg_borg.plugins import get_plugin_manager
+from emg_borg.plugins.seqno import node_range
 
 logger = logging.getLogger(__name__)
 
@@ -200,6 +201,7 @@ def cmd_restore(args, config) -> int:
     target = Path(args.target).resolve()
     if not target.is_dir():
         raise UsageError(f"restore target {target} is not a directory")
+    check_message_id(args.message_id, None, None)
     running = check_emgd(args.force, args.dry_run)
     repository, archive = select(args)
     selected = extraction.present(archive, tuple(c for c in category_module.CATEGORIES if c in selected))
@@ -208,6 +210,7 @@ def cmd_restore(args, config) -> int:
         layout=archived_layout(repository, archive), target=target, categories=selected,
         load_database=args.database or args.force_database, force_database=args.force_database, dry_run=args.dry_run,
     )
+    check_message_id(args.message_id, restore.layout.node_id, config["seqno"]["node_digits"])
     note_emgd(restore, running)
     with restore.cleanup:
         try:
@@ -237,6 +240,23 @@ def cmd_restore(args, config) -> int:
             raise
     restore.todo("start emgd; it reads the seqno file into seqno.hdb at start-up")
     return _report(restore, seqno, source, args.json)
+
+
+MAX_MESSAGE_ID = 2**63 - 1  # EMG's ids are signed 64-bit
+
+
+def check_message_id(value: int | None, node_id: int | None, node_digits: int | None) -> None:
+    """`--message-id` must be an id EMG can hand out: 1 ... 2**63-1, and within this node's range
+    when the archived server.cfg sets NODEID. A usage error (exit 2) otherwise, before any work."""
+    if value is None:
+        return
+    if not 1 <= value <= MAX_MESSAGE_ID:
+        raise UsageError(f"--message-id {value} is out of range: a message id is 1 ... {MAX_MESSAGE_ID}")
+    if node_id is not None and node_digits is not None:
+        low, high = node_range(node_id, int(node_digits))
+        if not low <= value <= high:
+            raise UsageError(f"--message-id {value} is outside node {node_id}'s range {low} ... {high} "
+                             f"(NODEID={node_id} in the archived server.cfg, [seqno] node_digits = {node_digits})")
 
 
 def check_emgd(force: bool, dry_run: bool) -> list[int]:
