@@ -4,6 +4,7 @@ what lands on disk (byte for byte), rows in the database, exit codes and message
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import os
@@ -515,6 +516,46 @@ def test_message_id_out_of_range_is_a_usage_error(emg, mariadb, tmp_path):
     result = emg.emg_borg("restore", "--repository", str(emg.repo), "--target", str(target), "--archive", on_node_3,
                           "--skip-data", "--message-id", str(3 * 10**16 + 7000))
     assert (target / rel(emg.tree.spooldir) / "seqno").read_bytes() == b"%d\n" % (3 * 10**16 + 7000)
+
+
+@pytest.mark.parametrize("command", ["restore", "verify"])
+def test_sigterm_removes_the_decrypted_dump(emg, mariadb, tmp_path, command):
+    """Killed while the dump loads (a mysql client that hangs), restore and verify still remove
+    their temporary directory holding the decrypted dump."""
+    emg.borgmatic_create()
+    marker = tmp_path / "mysql-started"
+    hanging = tmp_path / "hanging-mysql"
+    hanging.write_text(f"#!/bin/sh\necho $$ > {marker}\nexec sleep 60\n")
+    hanging.chmod(0o755)
+    emg.write_config("none", f'[mysql]\nmysql = "{hanging}"\n')
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    target = tmp_path / "target"
+    target.mkdir()
+    mariadb.sql(f"DROP DATABASE {emg.database}")
+    args = {"restore": ("--target", str(target), "--database"),
+            "verify": ("--load-dump", "--scratch-db", f"{emg.database}_scratch")}[command]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "emg_borg", "-c", str(emg.config_path), command, "--repository", str(emg.repo), *args],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "TMPDIR": str(temp)})
+    try:
+        deadline = time.monotonic() + 60
+        while not marker.exists() and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert marker.exists(), process.communicate()
+        assert [p.name.startswith(f"emg-borg-{'dump' if command == 'restore' else 'verify'}-") for p in temp.iterdir()] == [True]
+        process.terminate()
+        _, stderr = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        if marker.exists():
+            with contextlib.suppress(ProcessLookupError, ValueError):
+                os.kill(int(marker.read_text()), 9)
+    assert process.returncode == 1
+    assert "interrupted by SIGTERM" in stderr
+    assert list(temp.iterdir()) == []
 
 
 def test_verify_passes_on_a_good_archive_and_fails_on_an_altered_dump(emg, mariadb, tmp_path):

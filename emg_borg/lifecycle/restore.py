@@ -34,7 +34,7 @@ from emg_borg.errors import EXIT_FAILURE, EXIT_OK, ConfigError, EmgBorgError, Us
 from emg_borg.external import borg, proc
 from emg_borg.lifecycle import extract as extraction
 from emg_borg.lifecycle.archives import Archive, Repository, emg_archives, resolve_repository, select
-from emg_borg.lifecycle.backup import machine_identity, sha256_file
+from emg_borg.lifecycle.backup import machine_identity, sha256_file, signals_raise
 from emg_borg.plugins import get_plugin_manager
 from emg_borg.plugins.seqno import node_range
 
@@ -212,7 +212,8 @@ def cmd_restore(args, config) -> int:
     )
     check_message_id(args.message_id, restore.layout.node_id, config["seqno"]["node_digits"])
     note_emgd(restore, running)
-    with restore.cleanup:
+    # SIGTERM/SIGHUP become errors, so the cleanup (the decrypted dump's directory) runs.
+    with signals_raise(), restore.cleanup:
         try:
             check_machine(restore)
             live_counter = restore.live(restore.layout.spooldir) / "seqno.hdb"

@@ -23,6 +23,7 @@ from emg_borg.errors import EXIT_FAILURE, EXIT_OK, EmgBorgError, UsageError
 from emg_borg.external import mysql
 from emg_borg.lifecycle import extract as extraction
 from emg_borg.lifecycle.archives import select
+from emg_borg.lifecycle.backup import Interrupted, signals_raise
 from emg_borg.lifecycle.restore import archived_layout, dump_problem
 from emg_borg.plugins import mysql as mysql_plugin
 
@@ -68,7 +69,8 @@ def run(args, config) -> int:
     manifest = archive.manifest
     wanted = tuple(c for c in ("config", "data", "database") if (manifest.get("categories") or {}).get(c))
     checks: list[Check] = []
-    with contextlib.ExitStack() as stack:
+    # SIGTERM/SIGHUP become errors, so the scratch directory (with the decrypted dump) is removed.
+    with signals_raise(), contextlib.ExitStack() as stack:
         if scratch_dir is None:
             scratch_dir = Path(tempfile.mkdtemp(prefix="emg-borg-verify-"))
             stack.callback(shutil.rmtree, scratch_dir, True)
@@ -136,6 +138,8 @@ def load_check(args, config, repository, archive, root: Path) -> Check:
             return Check("load", False, f"scratch database {settings.describe()} has {tables} tables; it must be empty or absent")
         try:
             loaded = mysql_plugin.load_into(config, settings, root / mysql_entry["dump"], connection)
+        except Interrupted:
+            raise  # a signal ends verify (after the cleanup), it is not a verdict on the archive
         except EmgBorgError as error:
             return Check("load", False, str(error))
         finally:
