@@ -365,3 +365,17 @@ def test_volumes_helper_serves_the_snapshot_plugins_and_is_not_a_plugin():
     manager = plugins.get_plugin_manager(load_entrypoints=False)
     assert volumes not in manager.get_plugins()
     assert {"emg_borg.plugins.lvm", "emg_borg.plugins.zfs"} <= {manager.get_name(p) for p in manager.get_plugins()}
+
+
+def test_an_overflowed_leftover_of_a_crashed_run_is_reported_before_removal(tmp_path, world):
+    world.add_volume("vg0", "spool", tmp_path / "spool")
+    emg = Emg(tmp_path, None, provider="lvm", spooldir=tmp_path / "spool" / "emg")
+    emg.emg_borg("before-backup")
+    run([sys.executable, FAKES, "fill", f"vg0/spool_{tag(emg)}"])  # it overflowed, then the run crashed
+    (emg.runtime / "ledger.json").unlink()
+    (emg.runtime / "lock").unlink()
+    result = emg.emg_borg("before-backup")
+    assert f"emg-borg: error: lvm: the leftover snapshot vg0/spool_{tag(emg)} had overflowed" in result.stderr
+    assert "DO NOT TRUST the archive the crashed earlier run made" in result.stderr
+    emg.emg_borg("after-backup")
+    assert world.snapshots() == [] and leftovers(emg) == []

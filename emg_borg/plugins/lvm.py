@@ -201,5 +201,12 @@ def emg_borg_cleanup_stale(run):
             if lv.has_device(found.source):
                 logger.warning("lvm: unmounting %s (%s), left mounted by an earlier run", found.target, lv.full_name)
                 mount.umount(found.target)
+        if lv.invalid:
+            # Whatever borg read from it for that run is garbage; its ledger is gone, so the run
+            # cannot be named, but the operator must hear it.
+            logger.error(
+                "lvm: the leftover snapshot %s had overflowed (lv_attr %s, %s%% full): DO NOT TRUST the archive the "
+                "crashed earlier run made, if borg wrote one", lv.full_name, lv.lv_attr, lv.data_percent or "?",
+            )
         logger.warning("lvm: removing snapshot %s of %s/%s, left by an earlier run", lv.full_name, lv.vg_name, lv.origin)
         lvm.remove(lv.full_name)
