@@ -13,6 +13,7 @@ import logging
 import sys
 
 from emg_borg import __version__, config as config_module
+from emg_borg.emg.categories import DEFAULT_SELECTION
 from emg_borg.errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, EmgBorgError, UsageError
 
 logger = logging.getLogger("emg_borg")
@@ -91,11 +92,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("patterns", help="print a borg patterns file selecting categories of an archive")
     _add_selection(p)
-    p.add_argument("--categories", default="config,data,database", help="comma-separated (default %(default)s)")
+    p.add_argument("--categories", default=DEFAULT_SELECTION, help="comma-separated (default %(default)s)")
 
     p = sub.add_parser("extract", help="extract categories of an archive")
     _add_selection(p)
-    p.add_argument("--categories", default="config,data,database", help="config,data,database,logs,executables or all (default %(default)s)")
+    p.add_argument("--categories", default=DEFAULT_SELECTION, help="config,data,database,logs,executables or all (default %(default)s)")
     p.add_argument("--destination", help="directory to extract into (default: a new directory)")
     p.add_argument("--in-place", action="store_true", help="extract over / (the live paths)")
     p.add_argument("--dry-run", action="store_true", help="list what would be extracted, by category")
@@ -103,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("restore", help="recover EMG on this machine from an archive")
     _add_selection(p)
-    p.add_argument("--categories", default="config,data,database")
+    p.add_argument("--categories", default=DEFAULT_SELECTION)
     p.add_argument("--skip-data", action="store_true", help="restore configuration and seqno only, not the spool")
     p.add_argument("--message-id", type=int, help="a message id known to have been used (the highest wins)")
     p.add_argument("--database", action="store_true", help="load the dump even into a database that has tables")

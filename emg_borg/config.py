@@ -19,10 +19,10 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on Python < 3.11 only
     import tomli as tomllib
 
+from emg_borg.emg.categories import CATEGORIES
 from emg_borg.errors import ConfigError
 
 DEFAULT_CONFIG_PATH = Path("/etc/emg-borg/config.toml")
-CATEGORIES = ("config", "data", "database", "logs", "executables")
 LOCK_MODES = ("required", "best-effort", "none")
 
 

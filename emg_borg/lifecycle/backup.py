@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from emg_borg import __version__
+from emg_borg.emg.categories import CATEGORIES
 from emg_borg.errors import ConfigError, EmgBorgError
 from emg_borg.external import findmnt
 from emg_borg.lifecycle.run import (
@@ -245,7 +246,7 @@ def write_manifest(run: BackupRun) -> dict:
         "freeze_window_ms": run.freeze_window_ms,
         "mysql": None,  # filled in by the database plugin
         "categories": archived_categories(run),
-        "excluded_categories": [c for c in ("config", "data", "database", "logs", "executables") if c not in run.categories],
+        "excluded_categories": [c for c in CATEGORIES if c not in run.categories],
     }
     for fields in run.hook.emg_borg_manifest_fields(run=run):
         manifest.update(fields or {})
