@@ -123,7 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _print_json(data) -> None:
+def print_json(data) -> None:
+    """Machine output for monitoring: JSON on stdout (messages go to stderr)."""
     print(json.dumps(data, indent=2, default=str))
 
 
@@ -141,7 +142,7 @@ def cmd_before_backup(args):
         for root in result["roots"]:
             logger.info("  %-11s %s", root["category"], root["path"])
     if args.json:
-        _print_json(result)
+        print_json(result)
     if args.dry_run:
         for problem in result["problems"][1:]:
             logger.warning("preflight: %s", problem)
@@ -167,7 +168,7 @@ def cmd_discover(args):
     layout = run.hook.emg_borg_discover_layout(config=config)
     data = layout.to_dict()
     if args.json:
-        _print_json(data)
+        print_json(data)
         return EXIT_OK
     out = sys.stdout
     out.write(f"EMGDIR      {data['emgdir']}\nserver.cfg  {data['server_cfg']}\nSPOOLDIR    {data['spooldir']}\n")

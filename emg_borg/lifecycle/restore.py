@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
-import json
 import logging
 import os
 import shutil
@@ -27,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from emg_borg import config as config_module
+from emg_borg.cli import print_json
 from emg_borg.emg import categories as category_module
 from emg_borg.emg import layout as emg_layout
 from emg_borg.emg import servercfg
@@ -128,15 +128,11 @@ def _config(config):
     return config if config is not None else config_module.defaults()
 
 
-def _print_json(data) -> None:
-    print(json.dumps(data, indent=2, default=str))
-
-
 def cmd_archives(args, config) -> int:
     archives = emg_archives(resolve_repository(args))
     rows = [a.summary() for a in archives]
     if args.json:
-        _print_json(rows)
+        print_json(rows)
         return EXIT_OK
     if not rows:
         logger.info("no emg-borg archives (archives without emg-borg/manifest.json do not count)")
@@ -172,7 +168,7 @@ def cmd_extract(args, config) -> int:
     items = extracted.items
     result = {"archive": archive.name, "categories": list(selected), "destination": str(destination), "items": items}
     if args.json:
-        _print_json(result)
+        print_json(result)
     else:
         print(f"extracted {', '.join(selected)} of {archive.name} into {destination} ({items} items)")
     return EXIT_OK
@@ -180,7 +176,7 @@ def cmd_extract(args, config) -> int:
 
 def _print_plan(by_category: dict, archive: Archive, as_json: bool) -> int:
     if as_json:
-        _print_json({"archive": archive.name, "dry_run": True, "categories": by_category})
+        print_json({"archive": archive.name, "dry_run": True, "categories": by_category})
         return EXIT_OK
     print(f"dry run: would extract from {archive.name}:")
     for category, items in by_category.items():
@@ -499,7 +495,7 @@ def _no_seqno(restore: RestoreRun, path: Path, source: str) -> None:
 def _report(restore: RestoreRun, seqno, source: str, as_json: bool) -> int:
     archive = restore.archive
     if as_json:
-        _print_json({
+        print_json({
             "archive": archive.name, "time": archive.time.isoformat(timespec="seconds"), "target": str(restore.target),
             "categories": list(restore.categories), "dry_run": restore.dry_run,
             "seqno": {"value": seqno, "source": source}, "done": restore.actions, "todo": restore.remaining,
