@@ -15,7 +15,7 @@ root around it; borg takes the first matching line, which is the longest root's.
 
 from __future__ import annotations
 
-from pathlib import PurePosixPath
+from pathlib import PurePath, PurePosixPath
 
 from emg_borg.errors import UsageError
 
@@ -44,24 +44,30 @@ def _roots(manifest_categories: dict) -> list[tuple[str, PurePosixPath]]:
     ]
 
 
-def _within(path: PurePosixPath, root: PurePosixPath) -> bool:
-    return path == root or root in path.parents
+def within(path: PurePath, parent: PurePath) -> bool:
+    """Whether `path` is `parent` or lies below it (by path components: `log` is not in `logbook`)."""
+    return path == parent or parent in path.parents
+
+
+def innermost_category(path: PurePath, roots) -> str | None:
+    """The category of the longest root containing `path`, from (category, root) pairs; None when
+    no root contains it. The one rule deciding a path's category, live or archived."""
+    best = None
+    for category, root in roots:
+        if within(path, root) and (best is None or len(root.parts) > len(best[1].parts)):
+            best = (category, root)
+    return best[0] if best else None
 
 
 def category_of(path: str, manifest_categories: dict) -> str | None:
-    """The category of an archive path: that of the longest root containing it (None if none)."""
-    path = PurePosixPath(path.strip("/"))
-    best = None
-    for category, root in _roots(manifest_categories):
-        if _within(path, root) and (best is None or len(root.parts) > len(best[1].parts)):
-            best = (category, root)
-    return best[0] if best else None
+    """The category of an archive path, by the manifest's roots."""
+    return innermost_category(PurePosixPath(path.strip("/")), _roots(manifest_categories))
 
 
 def selected_roots(manifest_categories: dict, selected) -> list[str]:
     """The selected roots that no other selected root contains: the paths borg extracts."""
     chosen = [root for category, root in _roots(manifest_categories) if category in selected]
-    tops = [root for root in chosen if not any(other != root and _within(root, other) for other in chosen)]
+    tops = [root for root in chosen if not any(other != root and within(root, other) for other in chosen)]
     return [str(root) for root in dict.fromkeys(tops)]
 
 
@@ -74,7 +80,7 @@ def pattern_lines(manifest_categories: dict, selected) -> list[str]:
     roots = _roots(manifest_categories)
     lines = []
     for category, root in sorted(roots, key=lambda item: len(item[1].parts), reverse=True):
-        enclosing = [r for r in roots if r[1] != root and _within(root, r[1])]
+        enclosing = [r for r in roots if r[1] != root and within(root, r[1])]
         if not enclosing:
             continue
         parent_category = max(enclosing, key=lambda r: len(r[1].parts))[0]

@@ -16,6 +16,7 @@ import os
 from pathlib import Path
 
 from emg_borg.emg import servercfg
+from emg_borg.emg.categories import innermost_category, within
 from emg_borg.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -119,15 +120,7 @@ class Layout:
 
 def category_of(path: Path, roots) -> str | None:
     """The category of the longest root containing `path` (None when no root does)."""
-    best = None
-    for root in roots:
-        if _within(path, root.path) and (best is None or len(root.path.parts) > len(best.path.parts)):
-            best = root
-    return best.category if best else None
-
-
-def _within(path: Path, parent: Path) -> bool:
-    return path == parent or parent in path.parents
+    return innermost_category(path, ((root.category, root.path) for root in roots))
 
 
 def _real(path: Path) -> Path:
@@ -176,7 +169,7 @@ def discover(emg: dict, environ=os.environ) -> Layout:
         roots.append(Root(category, real, why))
 
     add("config", emgdir, "EMGDIR")
-    if not _within(_real(cfg_path), _real(emgdir)):
+    if not within(_real(cfg_path), _real(emgdir)):
         add("config", cfg_path, "server.cfg outside EMGDIR")
     add("data", spooldir, spool_why)
     if logdir is not None:
@@ -197,7 +190,7 @@ def discover(emg: dict, environ=os.environ) -> Layout:
             where = f"{ref.keyword} on line {ref.line}" + (f" in {ref.block}" if ref.block else "")
             add(ref.category, ref.path, where)
     for link, why in links:
-        if not any(_within(link.parent, root.path) for root in roots):
+        if not any(within(link.parent, root.path) for root in roots):
             roots.append(Root("config", link, why))
     emgdir, cfg_path, spooldir = _real(emgdir), _real(cfg_path), _real(spooldir)
     logdir = _real(logdir) if logdir is not None else None

@@ -9,7 +9,6 @@ included, before the error reaches the user. `release_backup` undoes a run; it i
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -353,11 +352,3 @@ def plan_summary(run: BackupRun) -> dict:
         "database": layout.db.database if layout.db else None,
         "patterns_file": str(run.runtime.patterns),
     }
-
-
-def sha256_file(path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

@@ -34,7 +34,8 @@ from emg_borg.errors import EXIT_FAILURE, EXIT_OK, ConfigError, EmgBorgError, Us
 from emg_borg.external import borg, proc
 from emg_borg.lifecycle import extract as extraction
 from emg_borg.lifecycle.archives import Archive, Repository, emg_archives, resolve_repository, select
-from emg_borg.lifecycle.backup import machine_identity, sha256_file, signals_raise
+from emg_borg.lifecycle.backup import machine_identity, signals_raise
+from emg_borg.lifecycle.run import sha256_file
 from emg_borg.plugins import get_plugin_manager
 from emg_borg.plugins.seqno import node_range
 

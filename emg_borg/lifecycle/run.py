@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import datetime
 import json
 import logging
@@ -20,6 +21,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from emg_borg.emg.categories import within
 from emg_borg.errors import EmgBorgError, LockedError
 
 logger = logging.getLogger(__name__)
@@ -57,8 +59,6 @@ class RuntimeDir:
         """`emg-borg-<8 hex digits of the runtime_dir path>`: the name every snapshot, clone and
         volume of this installation carries, so that two EMG instances (two configurations,
         two runtime directories) never take or clean up each other's snapshots."""
-        import hashlib
-
         return "emg-borg-" + hashlib.sha256(str(self.root).encode()).hexdigest()[:8]
 
     def ensure(self) -> None:
@@ -101,11 +101,7 @@ class Snapshot:
 
     def covers(self, path) -> bool:
         path = Path(path)
-
-        def inside(top):
-            return path == top or top in path.parents
-
-        return inside(self.origin) and not any(inside(hole) for hole in self.holes)
+        return within(path, self.origin) and not any(within(path, hole) for hole in self.holes)
 
     def real(self, live_path) -> Path:
         return self.base / str(live_path).lstrip("/")
@@ -291,12 +287,21 @@ class BackupRun:
             return f"{self.snapshot.base}/./{str(live_path).lstrip('/')}"
         return str(live_path)
 
-    def real_path(self, live_path) -> Path:
-        """Where the content of a live path is read from (inside the snapshot when covered)."""
+    def real_path(self, live_path, walked_from=None) -> Path:
+        """Where borg reads a live path: inside the snapshot when the snapshot covers it, or
+        covers `walked_from`, the root whose walk reaches it."""
         live_path = Path(live_path)
-        if self.snapshot is not None and self.snapshot.covers(live_path):
+        if self.snapshot is not None and self.snapshot.covers(walked_from or live_path):
             return self.snapshot.real(live_path)
         return live_path
+
+
+def sha256_file(path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def remove_tree(path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from emg_borg.emg import layout as emg_layout
+from emg_borg.emg.categories import within
 from emg_borg.hookspecs import hookimpl
 
 
@@ -11,20 +12,9 @@ def emg_borg_discover_layout(config):
     return emg_layout.discover(config["emg"])
 
 
-def _read_via(run, root, path):
-    """Where borg reads `path` when it walks `root`: inside the snapshot if it covers `root`."""
-    if run.snapshot is not None and run.snapshot.covers(root.path):
-        return run.snapshot.real(path)
-    return path
-
-
 def _innermost_enclosing(root, roots):
     enclosing = [o for o in roots if o.path in root.path.parents]
     return max(enclosing, key=lambda o: len(o.path.parts)) if enclosing else None
-
-
-def _within(path, parent) -> bool:
-    return path == parent or parent in path.parents
 
 
 @hookimpl
@@ -43,18 +33,18 @@ def emg_borg_backup_patterns(run):
     for root in selected:
         enclosing = _innermost_enclosing(root, roots)
         if not (enclosing is not None and enclosing.category in run.categories
-                and _read_via(run, enclosing, root.path) == run.real_path(root.path)):
+                and run.real_path(root.path, walked_from=enclosing.path) == run.real_path(root.path)):
             listed.append(root)
         for other in roots:
             if other is root or root.path not in other.path.parents:
                 continue
-            inner = _read_via(run, root, other.path)
+            inner = run.real_path(other.path, walked_from=root.path)
             if other.category not in run.categories or inner != run.real_path(other.path):
                 prunes.append(inner)
     rules = [(path, f"! pp:{path}") for path in prunes]
     for root in listed:
         read = run.real_path(root.path)
-        if any(_within(read, pruned) for pruned in prunes):
+        if any(within(read, pruned) for pruned in prunes):
             rules.append((read, f"+ pp:{read}"))
     rules.sort(key=lambda rule: len(rule[0].parts), reverse=True)
     # A spool that `emg-borg restore` moved aside is no one's data: never archive it again.

@@ -30,6 +30,7 @@ from emg_borg.config import SCHEMA
 from emg_borg.errors import EmgBorgError
 from emg_borg.external import mysql
 from emg_borg.hookspecs import hookimpl
+from emg_borg.lifecycle.run import sha256_file
 from emg_borg.plugins.seqno import node_range
 
 logger = logging.getLogger(__name__)
@@ -331,8 +332,6 @@ def emg_borg_begin_dumps(run):
 
 @hookimpl
 def emg_borg_finish_dumps(run):
-    from emg_borg.lifecycle.backup import sha256_file
-
     dump = _state(run).pop("dump", None)
     _close(run)
     if dump is None:

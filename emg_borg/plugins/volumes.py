@@ -14,12 +14,9 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+from emg_borg.emg.categories import within
 from emg_borg.errors import EmgBorgError
 from emg_borg.external import findmnt
-
-
-def inside(path: Path, top: Path) -> bool:
-    return path == top or top in path.parents
 
 
 @dataclasses.dataclass
@@ -31,16 +28,16 @@ class Nested:
 
 
 def nested_mounts(run, origin: Path) -> Nested:
-    roots = [r.path for r in run.layout.roots if r.category in run.categories and inside(r.path, origin)]
+    roots = [r.path for r in run.layout.roots if r.category in run.categories and within(r.path, origin)]
     in_roots, holding = {}, {}
     for found in findmnt.all_mounts():
         if found.target == origin or origin not in found.target.parents:
             continue
-        if inside(found.target, run.runtime.root):
+        if within(found.target, run.runtime.root):
             continue  # emg-borg's own snapshot views (check_runtime_dir keeps them out of every root)
-        if any(inside(found.target, root) for root in roots):
+        if any(within(found.target, root) for root in roots):
             in_roots[found.target] = found
-        elif any(inside(root, found.target) for root in roots):
+        elif any(within(root, found.target) for root in roots):
             holding[found.target] = found
 
     def parents_first(mounts: dict) -> list[findmnt.Mount]:

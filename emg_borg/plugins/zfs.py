@@ -29,6 +29,7 @@ import logging
 import os
 from pathlib import Path
 
+from emg_borg.emg.categories import within
 from emg_borg.errors import CommandError, EmgBorgError
 from emg_borg.external import findmnt, mount, zfs
 from emg_borg.hookspecs import hookimpl
@@ -114,7 +115,7 @@ def emg_borg_take_snapshot(run, provider):
     inner_datasets = sorted((m for m in nested.in_roots + nested.holding_roots if m.fstype in FSTYPES),
                             key=lambda m: len(m.target.parts))
     for inner in inner_datasets:
-        if volumes.inside(inner.target, run.layout.spooldir) or volumes.inside(run.layout.spooldir, inner.target):
+        if within(inner.target, run.layout.spooldir) or within(run.layout.spooldir, inner.target):
             logger.warning(
                 "zfs: %s is a dataset of its own inside the spool; its snapshot is taken right after that of %s, "
                 "not in the same instant", inner.target, dataset,
