@@ -72,6 +72,10 @@ class Emg:
         borg("init", "--encryption=repokey-blake2", str(self.repo))
         return self.repo
 
+    def borg_create(self, archive: str):
+        """borg create from the patterns file before-backup wrote, as borgmatic would."""
+        return borg("create", "--patterns-from", str(self.runtime / "patterns"), f"{self.repo}::{archive}")
+
     def borgmatic_config(self, path: Path | None = None) -> Path:
         """borgmatic-example.yaml with this test's paths substituted, nothing else changed."""
         text = example_config(self.runtime, self.config_path, self.repo, "emg-borg-test-passphrase")

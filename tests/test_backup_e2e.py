@@ -214,8 +214,7 @@ def backup_with_borg(emg, name="a"):
     if not emg.repo.exists():
         emg.init_repo()
     emg.emg_borg("before-backup")
-    from conftest import borg
-    borg("create", "--patterns-from", str(emg.runtime / "patterns"), f"{emg.repo}::{name}")
+    emg.borg_create(name)
     emg.emg_borg("after-backup")
     return set(borg_list(emg.repo, name))
 

@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from conftest import Emg, borg, borg_cat, borg_list, leftovers, run
+from conftest import Emg, borg_cat, borg_list, leftovers, run
 from emg_borg.lifecycle.run import RuntimeDir
 
 pytestmark = [pytest.mark.e2e, pytest.mark.loop]
@@ -61,7 +61,7 @@ def test_manual_hooks_around_plain_borg_create(btrfs_emg, btrfs_mount):
     emg.init_repo()
     emg.emg_borg("before-backup")
     queue.unlink()
-    borg("create", "--patterns-from", str(emg.runtime / "patterns"), f"{emg.repo}::manual")
+    emg.borg_create("manual")
     emg.emg_borg("after-backup")
     assert borg_cat(emg.repo, "manual", str(queue).lstrip("/")) == frozen
     assert leftovers(emg) == []
@@ -109,7 +109,7 @@ def test_spool_that_is_a_subvolume_itself_is_never_written_to(tmp_path, mariadb,
     emg.emg_borg("before-backup")
     assert sorted(p.name for p in emg.tree.spooldir.iterdir()) == before
     emg.init_repo()
-    borg("create", "--patterns-from", str(emg.runtime / "patterns"), f"{emg.repo}::a")
+    emg.borg_create("a")
     emg.emg_borg("after-backup")
     spool = str(emg.tree.spooldir).lstrip("/")
     paths = set(borg_list(emg.repo, "a"))

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Emg, borg, borg_cat, borg_list, leftovers, run
+from conftest import Emg, borg_cat, borg_list, leftovers, run
 
 pytestmark = pytest.mark.e2e
 
@@ -117,7 +117,7 @@ def test_snapshot_is_archived_and_released_in_exact_sequence(tmp_path, world):
     assert world.snapshots() == [f"vg0/{snapshot}"]
     queue.write_bytes(b"rewritten by emgd after the snapshot")
     (emg.tree.spooldir / "queue-new.hdb").write_bytes(b"created after the snapshot")
-    borg("create", "--patterns-from", str(emg.runtime / "patterns"), f"{emg.repo}::lvm")
+    emg.borg_create("lvm")
     emg.emg_borg("after-backup", "--repository", str(emg.repo))
 
     paths = borg_list(emg.repo, "lvm")
@@ -208,7 +208,7 @@ def test_overflow_when_borg_cannot_read_the_repository_still_names_the_run(tmp_p
     emg = Emg(tmp_path, None, provider="lvm", spooldir=tmp_path / "spool" / "emg")
     emg.init_repo()
     manifest = json.loads(emg.emg_borg("before-backup", "--repository", str(emg.repo), "--json").stdout)
-    borg("create", "--patterns-from", str(emg.runtime / "patterns"), f"{emg.repo}::overflowed")
+    emg.borg_create("overflowed")
     run([sys.executable, FAKES, "fill", f"vg0/spool_{tag(emg)}"])
     env = {k: v for k, v in os.environ.items() if k not in ("BORG_PASSPHRASE", "BORG_PASSCOMMAND")}
     result = run([sys.executable, "-m", "emg_borg", "-c", emg.config_path, "after-backup", "--repository", emg.repo],
@@ -276,7 +276,7 @@ def test_two_instances_on_one_volume_keep_their_own_snapshots(tmp_path, world):
     # Each instance's borg reads its own snapshot: the first's from before the second was taken.
     for emg, queue, frozen in ((first, queue1, frozen1), (second, queue2, frozen2)):
         emg.init_repo()
-        borg("create", "--patterns-from", str(emg.runtime / "patterns"), f"{emg.repo}::both")
+        emg.borg_create("both")
         assert borg_cat(emg.repo, "both", rel(queue)) == frozen
 
     first.emg_borg("after-backup")
@@ -313,7 +313,7 @@ def test_config_from_the_snapshot_and_a_root_on_another_volume_read_live(tmp_pat
     emg.emg_borg("before-backup")
     for path in (routing, queue, blacklist):
         path.write_bytes(b"changed after the snapshot\n")
-    borg("create", "--patterns-from", str(emg.runtime / "patterns"), f"{emg.repo}::same-volume")
+    emg.borg_create("same-volume")
     emg.emg_borg("after-backup")
 
     assert borg_cat(emg.repo, "same-volume", rel(routing)) == frozen_routing

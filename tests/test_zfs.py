@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Emg, borg, borg_cat, borg_list, have, leftovers, run
+from conftest import Emg, borg_cat, borg_list, have, leftovers, run
 
 pytestmark = [pytest.mark.e2e, pytest.mark.fuse]
 
@@ -229,7 +229,7 @@ def test_change_after_snapshot_is_not_in_archive(tmp_path, pool):
     queue.write_bytes(b"written after the snapshot")
     dropped.unlink()
     (spool / "queue-9999.hdb").write_bytes(b"created after the snapshot")
-    borg("create", "--patterns-from", str(emg.runtime / "patterns"), f"{emg.repo}::manual")
+    emg.borg_create("manual")
     emg.emg_borg("after-backup")
 
     paths = borg_list(emg.repo, "manual")
@@ -328,7 +328,7 @@ def test_two_instances_on_one_dataset_keep_their_own_snapshots(tmp_path, pool):
     # Each instance's borg reads its own snapshot: the first's from before the second was taken.
     for emg, queue, frozen in ((first, queue1, frozen1), (second, queue2, frozen2)):
         emg.init_repo()
-        borg("create", "--patterns-from", str(emg.runtime / "patterns"), f"{emg.repo}::both")
+        emg.borg_create("both")
         assert borg_cat(emg.repo, "both", rel(queue)) == frozen
 
     first.emg_borg("after-backup")
@@ -354,7 +354,7 @@ def test_nested_datasets_longest_mount_point_wins_and_inner_dataset_is_snapshott
     result = emg.emg_borg("before-backup")
     assert "a dataset of its own inside the spool" in result.stderr
     ldb.write_bytes(b"compacted after the snapshot")
-    borg("create", "--patterns-from", str(emg.runtime / "patterns"), f"{emg.repo}::nested")
+    emg.borg_create("nested")
     emg.emg_borg("after-backup")
 
     manifest = json.loads(borg_cat(emg.repo, "nested", "emg-borg/manifest.json"))
@@ -397,7 +397,7 @@ def test_openzfs_mounts_the_snapshot_itself(tmp_path, pool, monkeypatch):
     result = emg.emg_borg("before-backup")
     assert "snapshot provider auto: zfs (SPOOLDIR" in result.stderr and " is on zfs at " in result.stderr
     queue.write_bytes(b"written after the snapshot")
-    borg("create", "--patterns-from", str(emg.runtime / "patterns"), f"{emg.repo}::openzfs")
+    emg.borg_create("openzfs")
     emg.emg_borg("after-backup")
 
     assert borg_cat(emg.repo, "openzfs", rel(queue)) == frozen
