@@ -7,7 +7,8 @@ inside the live spool or next to it. The file system's top level (subvolid 5) is
 path>`: the same path on every run, so borg's files cache sees unchanged spool files as
 unchanged (a Btrfs snapshot keeps inode numbers and ctimes).
 
-Ledger entries, released newest first: the top-level mount, the snapshot, the bind mount.
+Ledger entries, released newest first: the top-level mount (made before the consistency point),
+the snapshot, the bind mount.
 """
 
 from __future__ import annotations
@@ -61,19 +62,28 @@ def _spool_filesystem(run):
     return found
 
 
+def _prepare(run):
+    """Find the spool's subvolume and mount the file system's top level, once per run (before the
+    consistency point, so the window holds only the snapshot itself and its bind mount)."""
+    state = run.plugin_state.setdefault(NAME, {})
+    if "subvolume" not in state:
+        filesystem = _spool_filesystem(run)
+        top = _top_level_mount(run)
+        run.ledger.add(NAME, "mount", target=top)
+        if not findmnt.is_mount_point(top):  # else a crashed run left it mounted
+            mount.mount(_device(filesystem.source), top, options=("subvolid=5",))
+        state.update(filesystem=filesystem, top=top,
+                     subvolume=btrfs.subvolume_holding(run.layout.spooldir, filesystem.target))
+    return state["filesystem"], state["subvolume"], state["top"]
+
+
 @hookimpl
 def emg_borg_take_snapshot(run, provider):
     if provider != NAME:
         return None
-    filesystem = _spool_filesystem(run)
-    device = _device(filesystem.source)
-    subvolume = btrfs.subvolume_holding(run.layout.spooldir, filesystem.target)
-    top = _top_level_mount(run)
+    filesystem, subvolume, top = _prepare(run)
     snapshot = top / run.runtime.instance_tag
     view = run.runtime.snapshots / str(subvolume).lstrip("/")
-
-    run.ledger.add(NAME, "mount", target=top)
-    mount.mount(device, top, options=("subvolid=5",))
     run.ledger.add(NAME, "snapshot", path=snapshot)
     btrfs.snapshot(subvolume, snapshot)
     run.ledger.add(NAME, "mount", target=view)
@@ -81,7 +91,8 @@ def emg_borg_take_snapshot(run, provider):
     logger.info("btrfs: read-only snapshot of %s, visible at %s", subvolume, view)
     return Snapshot(
         provider=NAME, origin=subvolume, base=run.runtime.snapshots, name=run.runtime.instance_tag,
-        device=device, details={"subvolume": str(subvolume), "mount_point": str(filesystem.target)},
+        device=_device(filesystem.source),
+        details={"subvolume": str(subvolume), "mount_point": str(filesystem.target)},
     )
 
 
@@ -109,21 +120,15 @@ def emg_borg_release(run):
 def emg_borg_cleanup_stale(run):
     """Remove this installation's snapshot left by a crashed run that lost its ledger: unmount
     the views under runtime_dir, then delete `<instance tag>` at the top level of the spool's
-    file system. Snapshots of anybody else carry other names and are never touched."""
+    file system, which stays mounted for this run's snapshot. Snapshots of anybody else carry
+    other names and are never touched."""
     if run.provider != NAME:
         return
     for target in findmnt.mounts_under(run.runtime.snapshots):
         logger.warning("btrfs: unmounting leftover snapshot view %s of an earlier run", target.target)
         mount.umount(target.target)
-    filesystem = _spool_filesystem(run)
-    top = _top_level_mount(run)
-    if not findmnt.is_mount_point(top):  # else a crashed run left it mounted
-        mount.mount(_device(filesystem.source), top, options=("subvolid=5",))
-    try:
-        leftover = top / run.runtime.instance_tag
-        if btrfs.is_subvolume(leftover):
-            logger.warning("btrfs: removing leftover snapshot %s of an earlier run", leftover)
-            btrfs.delete(leftover)
-    finally:
-        mount.umount(top)
-        top.rmdir()
+    _, _, top = _prepare(run)
+    leftover = top / run.runtime.instance_tag
+    if btrfs.is_subvolume(leftover):
+        logger.warning("btrfs: removing leftover snapshot %s of an earlier run", leftover)
+        btrfs.delete(leftover)
