@@ -31,6 +31,7 @@ class ConfigError(UsageError):
         if path is not None:
             where = f"{path}:{line}: " if line else f"{path}: "
         super().__init__(f"{where}{key + ': ' if key else ''}{message}")
+        self.problems: list[ConfigError] = [self]
 
 
 class CommandError(EmgBorgError):
@@ -43,3 +44,13 @@ class CommandError(EmgBorgError):
 
 class LockedError(EmgBorgError):
     """Another emg-borg run holds the run lock."""
+
+
+class ConfigErrors(ConfigError):
+    """Several problems in one configuration file: each is a `ConfigError` of its own line."""
+
+    def __init__(self, errors: list[ConfigError]):
+        first = errors[0]
+        super().__init__(first.detail, first.path, first.line, first.key)
+        self.problems = list(errors)
+        self.args = ("\n".join(str(e) for e in errors),)

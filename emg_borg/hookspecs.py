@@ -2,42 +2,58 @@
 
 A backup (`emg-borg before-backup`) calls, in order:
 
-    discover_layout -> preflight -> cleanup_stale -> [hold_consistency_point:
-        take_snapshot -> capture_message_id -> begin_dumps] -> finish_dumps
-    -> backup_patterns -> manifest_fields
+    config_tables -> discover_layout -> snapshot_providers -> preflight
+    -> [hold_consistency_point: (provider takes the snapshot) -> capture_message_id -> begin_dumps]
+    -> finish_dumps -> backup_patterns -> manifest_fields
 
-and `after-backup` / `on-error` call `release`. A restore (`emg_borg.lifecycle.restore`) calls
-`live_message_id`, then `restore_database`, both before it extracts any file: the live id is read
-before a dump could replace it, and a refusal leaves everything untouched. The built-in behaviour
-is a set of plugins (`emg_borg.plugins.DEFAULT_PLUGINS`) registered exactly like third-party
-plugins, which load from the `emg_borg` entry-point group.
+and `after-backup` / `on-error` call `release` (each plugin's on its own: one failing does not
+stop the others). Snapshots are not taken by a hook but by a `SnapshotProvider` object
+(`emg_borg.core.snapshot`) that a plugin offers through `snapshot_providers`; the core drives it.
 
-`run` is an `emg_borg.lifecycle.run.BackupRun`; its attributes fill in as the lifecycle goes.
+A restore calls `live_message_id`, then `restore_dump` for each dump in the archive; a verify
+drill calls `verify_options` before any work and `verify_dump` to load each dump into a
+throwaway database. The built-in behaviour is a set of plugins
+(`emg_borg.plugins.DEFAULT_PLUGINS`) registered exactly like third-party plugins, which load
+from the `emg_borg` entry-point group.
 """
 
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pluggy
 
 if TYPE_CHECKING:
-    from emg_borg.config import Config
+    from emg_borg.config import Config, Option
+    from emg_borg.core.manifest import Dump
+    from emg_borg.core.run import BackupRun, RestoreRun, VerifyRun
+    from emg_borg.core.snapshot import SnapshotProvider
     from emg_borg.emg.layout import Layout
-    from emg_borg.lifecycle.restore import RestoreRun
-    from emg_borg.lifecycle.run import BackupRun
-    from emg_borg.lifecycle.run import Snapshot
 
 PROJECT = "emg_borg"
 hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
 
 
+@hookspec
+def emg_borg_config_tables() -> dict[str, dict[str, Option]] | None:
+    """Declare this plugin's configuration: `{table: {key: Option(type, default, help, ...)}}`.
+    Keys are checked, with file:line errors, like the core's; `config generate` shows them with
+    their help text. A plugin may add keys to another's table but not redeclare a key."""
+
+
 @hookspec(firstresult=True)
 def emg_borg_discover_layout(config: Config) -> Layout:
     """Find the EMG installation: EMGDIR, SPOOLDIR, logs, executables, referenced files and the
     database profile, each path in one category. The first plugin that returns a layout wins."""
+
+
+@hookspec
+def emg_borg_snapshot_providers() -> list[SnapshotProvider] | None:
+    """Offer snapshot providers: objects implementing `emg_borg.core.snapshot.SnapshotProvider`,
+    selected by `[snapshot] provider` (their `name`) or, for `auto`, by the file system they claim."""
 
 
 @hookspec
@@ -48,50 +64,28 @@ def emg_borg_preflight(run: BackupRun) -> list[str] | None:
 
 
 @hookspec
-def emg_borg_cleanup_stale(run: BackupRun) -> None:
-    """Remove leftovers of an earlier run that crashed: snapshots, clones and mounts that carry
-    emg-borg's name. Log each removal. Never touch anything that is not emg-borg's."""
-
-
-@hookspec
-def emg_borg_snapshot_providers() -> list[str]:
-    """Name the snapshot providers this plugin offers (values of `[snapshot] provider`)."""
-
-
-@hookspec(firstresult=True)
-def emg_borg_snapshot_provider(run: BackupRun, filesystem: str) -> str | None:
-    """Name the snapshot provider able to snapshot `filesystem` (a `findmnt` FSTYPE such as
-    `btrfs`, `zfs`, `fuse.zfs`, `ext4` on LVM). Used when `[snapshot] provider = "auto"`."""
-
-
-@hookspec
 def emg_borg_hold_consistency_point(run: BackupRun) -> contextlib.AbstractContextManager | None:
     """Return a context manager that holds the consistency point (e.g. a database global read
     lock) while the snapshot is taken, the message id read and the dumps begun; or None."""
 
 
 @hookspec(firstresult=True)
-def emg_borg_take_snapshot(run: BackupRun, provider: str) -> Snapshot | None:
-    """Take an atomic snapshot of the file system holding SPOOLDIR with the named `provider`,
-    record what must be released in `run.ledger`, and return the `Snapshot`; None if `provider`
-    is not this plugin's."""
-
-
-@hookspec(firstresult=True)
 def emg_borg_capture_message_id(run: BackupRun) -> int | None:
-    """Return EMG's current message id, read inside the consistency point."""
+    """Return EMG's current message id, read inside the consistency point (set
+    `run.message_id_source` to say how)."""
 
 
 @hookspec
 def emg_borg_begin_dumps(run: BackupRun) -> None:
-    """Start database dumps whose transaction snapshot begins inside the consistency point.
-    Return only once each dump's snapshot has begun; keep the running dumps in
-    `run.plugin_state` for `emg_borg_finish_dumps`."""
+    """Start dumps whose consistent view begins inside the consistency point; return only once
+    it has begun. Stage each dump at `run.dump_path(plugin, filename)`; keep what is running in
+    `run.state(plugin)` for `finish_dumps` and `release`."""
 
 
 @hookspec
-def emg_borg_finish_dumps(run: BackupRun) -> None:
-    """After the consistency point: wait for the dumps, verify them, record sizes and digests."""
+def emg_borg_finish_dumps(run: BackupRun) -> list[Dump] | None:
+    """After the consistency point: wait for the dumps, check they are complete, and return one
+    `Dump` each (`Dump.of_file` records size and sha256); they are listed in the manifest."""
 
 
 @hookspec
@@ -107,21 +101,34 @@ def emg_borg_manifest_fields(run: BackupRun) -> dict | None:
 
 @hookspec
 def emg_borg_release(run: BackupRun) -> None:
-    """Release what this plugin recorded in `run.ledger` (unmount, destroy, remove), newest
-    first. Must be idempotent: safe to call twice, or with nothing to release."""
-
-
-@hookspec(firstresult=True)
-def emg_borg_restore_database(restore: RestoreRun) -> bool | None:
-    """Load the archived database dump into the target database. Return True when handled.
-
-    Load only into a missing or empty database unless `restore.load_database`; refuse (raise) a
-    non-empty one unless `restore.force_database`. `restore.fetch_dump()` extracts the dump and
-    checks it against the manifest; report with `restore.done(...)` / `restore.todo(...)`, and
-    only report what would be done when `restore.dry_run`."""
+    """Release what this plugin holds in this process (running dumps, connections). Called after
+    success and failure alike, and must be idempotent. Snapshots are released by their provider."""
 
 
 @hookspec(firstresult=True)
 def emg_borg_live_message_id(restore: RestoreRun) -> int | None:
-    """The highest message id found in the live database at restore time, or None when it
-    cannot be read (the database is then not newer than the archive as far as we know)."""
+    """The highest message id found in the live database at restore time, or None when there is
+    none (no database, an empty one). Raise when the database cannot be read."""
+
+
+@hookspec(firstresult=True)
+def emg_borg_restore_dump(restore: RestoreRun, dump: Dump) -> bool | None:
+    """Restore `dump` if this plugin made it (`dump.plugin`); return True when handled.
+
+    Check first and refuse (raise) at once; leave the irreversible load to `restore.later(...)`,
+    which runs after the files are restored. `restore.fetch_dump(dump)` extracts the dump and
+    checks it against the manifest; report with `restore.done(...)` / `restore.todo(...)`, and
+    only say what would be done when `restore.dry_run`."""
+
+
+@hookspec
+def emg_borg_verify_options(verify: VerifyRun) -> list[str] | None:
+    """Check a verify drill's options for this plugin (e.g. the form of `--scratch-db`) before
+    the repository is touched; return what is wrong."""
+
+
+@hookspec(firstresult=True)
+def emg_borg_verify_dump(verify: VerifyRun, dump: Dump, path: Path) -> tuple[bool, str] | None:
+    """Load the extracted `dump` (already checked against the manifest) into the throwaway
+    `verify.scratch_db`, check it, remove it again; return (ok, one-line detail). None when the
+    dump is not this plugin's."""

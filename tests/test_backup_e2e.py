@@ -46,7 +46,7 @@ def test_borgmatic_create_archive_meets_contract(emg, mariadb):
 
     manifest = json.loads(borg_cat(emg.repo, archive, "emg-borg/manifest.json"))
     for key in ("format_version", "created", "hostname", "emg_borg_version", "emgdir", "spooldir", "message_id",
-                "snapshot_provider", "freeze_window_ms", "mysql", "categories"):
+                "snapshot_provider", "freeze_window_ms", "dumps", "categories"):
         assert key in manifest, key
     assert manifest["message_id"] == 1049
     assert manifest["snapshot_provider"] == "none"
@@ -54,12 +54,14 @@ def test_borgmatic_create_archive_meets_contract(emg, mariadb):
     assert manifest["freeze_window_ms"] > 0
     assert manifest["categories"]["config"][0] == rel(tree.emgdir)
     assert manifest["categories"]["data"] == [rel(tree.spooldir)]
-    assert manifest["categories"]["database"] == ["emg-borg/mysql"]
-    mysql = manifest["mysql"]
+    assert manifest["format_version"] == 2
+    assert manifest["categories"]["database"] == ["emg-borg/dumps"]
+    [mysql] = manifest["dumps"]
+    assert mysql["plugin"] == "mysql" and mysql["path"] == f"emg-borg/dumps/mysql/{emg.database}.sql"
     assert mysql["database"] == emg.database and mysql["binlog_file"].startswith("binlog.")
-    assert "emg-borg/mysql/%s.sql" % emg.database in paths
+    assert mysql["path"] in paths
 
-    dump = borg_cat(emg.repo, archive, mysql["dump"])
+    dump = borg_cat(emg.repo, archive, mysql["path"])
     assert len(dump) == mysql["bytes"]
     import hashlib
     assert hashlib.sha256(dump).hexdigest() == mysql["sha256"]
@@ -261,7 +263,7 @@ def test_seqno_command_inside_the_point_and_binlog_still_recorded(emg):
     assert borg_cat(emg.repo, "a", rel(emg.tree.spooldir / "seqno")) == b"777\n"
     manifest = json.loads(borg_cat(emg.repo, "a", "emg-borg/manifest.json"))
     assert manifest["message_id_source"] == "command"
-    assert manifest["mysql"]["binlog_file"].startswith("binlog.") and manifest["mysql"]["binlog_position"] > 0
+    assert manifest["dumps"][0]["binlog_file"].startswith("binlog.") and manifest["dumps"][0]["binlog_position"] > 0
     assert rel(emg.tree.spooldir / "queue-0000.hdb") in paths
 
 
@@ -270,7 +272,7 @@ def test_without_the_lock_no_binlog_position_is_claimed(emg):
     backup_with_borg(emg)
     manifest = json.loads(borg_cat(emg.repo, "a", "emg-borg/manifest.json"))
     assert manifest["consistency_lock"] == "none"
-    assert "binlog_file" not in manifest["mysql"]
+    assert "binlog_file" not in manifest["dumps"][0]
 
 
 def test_a_spool_moved_aside_by_restore_is_not_archived(emg):

@@ -8,7 +8,7 @@ import subprocess
 import pytest
 
 from conftest import Emg, borg_cat, borg_list, leftovers, run
-from emg_borg.lifecycle.run import RuntimeDir
+from emg_borg.core.runtime import RuntimeDir
 
 pytestmark = [pytest.mark.e2e, pytest.mark.loop]
 

@@ -62,7 +62,7 @@ def backups_under_load(emg: Emg, count: int) -> list[tuple[int, int, dict]]:
     spool = str(emg.tree.spooldir).lstrip("/")
     for archive in borg_list(emg.repo):
         manifest = json.loads(borg_cat(emg.repo, archive, "emg-borg/manifest.json"))
-        in_dump = dump_max(borg_cat(emg.repo, archive, manifest["mysql"]["dump"]))
+        in_dump = dump_max(borg_cat(emg.repo, archive, manifest["dumps"][0]["path"]))
         in_spool = int(borg_cat(emg.repo, archive, f"{spool}/counter"))
         results.append((in_dump, in_spool, manifest))
     return results

@@ -1,5 +1,5 @@
 """The plugin hooks: each is documented, each is called, and third-party plugins load through the
-`emg_borg` entry-point group exactly like the built-in ones."""
+`emg_borg` entry-point group exactly like the built-in ones, snapshot providers included."""
 
 from __future__ import annotations
 
@@ -9,93 +9,99 @@ import os
 import re
 import sys
 
-
-from conftest import ROOT, run
+from conftest import ROOT, leftovers, run
 from emg_borg import hookspecs
+from emg_borg.core import snapshot as snapshot_module
 from emg_borg.plugins import DEFAULT_PLUGINS, get_plugin_manager
 
 HOOKS = sorted(name for name, value in vars(hookspecs).items() if name.startswith("emg_borg_") and callable(value))
+PROVIDER_METHODS = ("claims", "preflight", "clean_stale", "prepare", "take", "check", "release")
 
 
-def test_every_hook_has_a_docstring_and_is_documented_in_the_readme():
+def test_every_hook_and_provider_method_is_documented_in_the_code_and_the_readme():
     readme = (ROOT / "README.md").read_text()
     for name in HOOKS:
         assert inspect.getdoc(getattr(hookspecs, name)), name
         assert f"`{name}`" in readme, f"{name} is not documented in README.md"
+    for method in PROVIDER_METHODS:
+        assert f"`{method}(" in inspect.getdoc(snapshot_module), method
+        assert f"`{method}(" in readme, f"the provider method {method} is not documented in README.md"
 
 
-def test_default_plugins_register_and_implement_only_known_hooks():
+def test_default_plugins_register_and_implement_every_hook():
     manager = get_plugin_manager(load_entrypoints=False)
     assert sorted(manager.get_name(p) for p in manager.get_plugins()) == sorted(DEFAULT_PLUGINS)
     manager.check_pending()  # raises on a hookimpl without a hookspec
     implemented = {impl.function.__name__ for name in HOOKS for impl in getattr(manager.hook, name).get_hookimpls()}
-    # every hook but the restore ones is implemented by some built-in plugin
-    missing = set(HOOKS) - implemented
-    assert missing <= {"emg_borg_restore_database", "emg_borg_live_message_id"}, missing
+    assert set(HOOKS) - implemented == set()
 
 
 THIRD_PARTY = '''
+import contextlib, shutil
+from emg_borg.config import Option
+from emg_borg.core.snapshot import Resource, Snapshot, SnapshotProvider
 from emg_borg.hookspecs import hookimpl
-from emg_borg.lifecycle.run import Snapshot
 
-CALLS = []
+
+class CopyFs(SnapshotProvider):
+    """A toy provider: copies the spool to a stable path (enough to prove the contract is used)."""
+    name = "copyfs"
+
+    def clean_stale(self, run):
+        open(run.runtime.root / "clean-stale-called", "w").close()
+
+    def take(self, run):
+        base = run.runtime.snapshots
+        target = base / str(run.layout.spooldir).lstrip("/")
+        # The core must have recorded the copy before it is made:
+        def copy():
+            assert any(e["owner"] == "copyfs" and e["path"] == str(target) for e in run.ledger.entries)
+            shutil.copytree(run.layout.spooldir, target)
+        yield Resource("copy", {"path": target}, copy)
+        return Snapshot(provider="copyfs", origin=run.layout.spooldir, base=base, name="copy")
+
+    def release(self, run, entry):
+        shutil.rmtree(entry["path"], ignore_errors=True)
+
+
+@hookimpl
+def emg_borg_config_tables():
+    return {"site": {"rack": Option(str, "A1", "Where the gateway stands.")}}
+
 
 @hookimpl
 def emg_borg_snapshot_providers():
-    return ["copyfs"]
+    return [CopyFs()]
 
-@hookimpl
-def emg_borg_cleanup_stale(run):
-    open(run.runtime.root / "cleanup-called", "w").close()
 
 @hookimpl
 def emg_borg_hold_consistency_point(run):
-    import contextlib
     @contextlib.contextmanager
     def point():
         open(run.runtime.root / "point-entered", "w").close()
         yield
     return point()
 
-@hookimpl
-def emg_borg_take_snapshot(run, provider):
-    """A toy provider: copies the spool to a stable path (enough to prove the hook is used)."""
-    if provider != "copyfs":
-        return None
-    import shutil
-    base = run.runtime.snapshots
-    target = base / str(run.layout.spooldir).lstrip("/")
-    run.ledger.add("copyfs", "copy", path=target)
-    shutil.copytree(run.layout.spooldir, target)
-    return Snapshot(provider="copyfs", origin=run.layout.spooldir, base=base, name="copy")
-
-@hookimpl
-def emg_borg_release(run):
-    import shutil
-    for entry in run.ledger.of("copyfs"):
-        shutil.rmtree(entry["path"], ignore_errors=True)
-        run.ledger.remove(entry)
 
 @hookimpl(tryfirst=True)
 def emg_borg_capture_message_id(run):
     run.message_id_source = "site plugin"
     return 424242
 
-@hookimpl
-def emg_borg_begin_dumps(run):
-    return None
-
-@hookimpl
-def emg_borg_finish_dumps(run):
-    pass
 
 @hookimpl
 def emg_borg_backup_patterns(run):
     return ["# site plugin was here"]
 
+
 @hookimpl
 def emg_borg_manifest_fields(run):
-    return {"site": {"rack": "B7"}}
+    return {"site": {"rack": run.config["site"]["rack"]}}
+
+
+@hookimpl
+def emg_borg_release(run):
+    raise RuntimeError("the site plugin's release failed")
 '''
 
 
@@ -113,10 +119,12 @@ def install_entry_point(tmp_path, name, module_name, module_source=None) -> dict
     return env
 
 
-def test_third_party_plugin_drives_every_backup_hook(emg, tmp_path):
+def test_third_party_plugin_drives_every_backup_hook_and_its_own_provider(emg, tmp_path):
     env = install_entry_point(tmp_path, "site", "emg_site_plugin", THIRD_PARTY)
-    emg.write_config("copyfs")
+    emg.write_config("copyfs", '[site]\nrack = "B7"\n')
     cli = [sys.executable, "-m", "emg_borg", "-c", str(emg.config_path)]
+    generated = run([*cli, "config", "generate"], env=env).stdout
+    assert "[site]\n# Where the gateway stands.\nrack = \"A1\"\n" in generated
     run([*cli, "before-backup"], env=env)
     manifest = json.loads((emg.runtime / "staging/emg-borg/manifest.json").read_text())
     assert manifest["site"] == {"rack": "B7"}
@@ -124,10 +132,29 @@ def test_third_party_plugin_drives_every_backup_hook(emg, tmp_path):
     assert manifest["snapshot_provider"] == "copyfs"
     patterns = (emg.runtime / "patterns").read_text()
     assert "# site plugin was here" in patterns
+    copy = emg.runtime / "snapshots" / str(emg.tree.spooldir).lstrip("/")
     assert f"R {emg.runtime / 'snapshots'}/./{str(emg.tree.spooldir).lstrip('/')}" in patterns
-    assert (emg.runtime / "cleanup-called").exists() and (emg.runtime / "point-entered").exists()
-    run([*cli, "after-backup"], env=env)
-    assert not (emg.runtime / "snapshots" / str(emg.tree.spooldir).lstrip("/")).exists()
+    assert (copy / "seqno.hdb").read_bytes() == (emg.tree.spooldir / "seqno.hdb").read_bytes()
+    assert (emg.runtime / "clean-stale-called").exists() and (emg.runtime / "point-entered").exists()
+    # The site plugin's release fails; everything else is still released, and the user is told.
+    result = run([*cli, "after-backup"], env=env, check=False)
+    assert result.returncode == 1
+    assert "plugin site: RuntimeError: the site plugin's release failed" in result.stderr
+    assert not copy.exists() and not (emg.runtime / "staging").exists()
+    assert not (emg.runtime / "ledger.json").exists()
+
+
+def test_a_plugin_s_config_table_is_checked_with_file_and_line(emg, tmp_path):
+    env = install_entry_point(tmp_path, "site", "emg_site_plugin", THIRD_PARTY)
+    emg.write_config("copyfs", '[site]\nrack = 7\nshelf = "x"\n')
+    result = run([sys.executable, "-m", "emg_borg", "-c", str(emg.config_path), "config", "validate"], env=env,
+                 check=False)
+    lines = result.stderr.splitlines()
+    assert result.returncode == 2
+    assert re.fullmatch(rf"emg-borg: error: {re.escape(str(emg.config_path))}:\d+: site.rack: expected a string, got 7",
+                        lines[0]), lines
+    assert "site.shelf: unknown key; known in [site]: rack" in lines[1]
+    assert leftovers(emg) == []
 
 
 def test_broken_third_party_plugin_is_a_clear_error_naming_it(emg, tmp_path):

@@ -65,6 +65,6 @@ def test_best_effort_goes_on_unlocked_and_says_so(emg, mariadb):
     assert "warning: no global read lock" in result.stderr
     manifest = json.loads(result.stdout)
     assert manifest["consistency_lock"] == "failed, unlocked (best-effort)"
-    assert "binlog_file" not in manifest["mysql"]
+    assert "binlog_file" not in manifest["dumps"][0]
     emg.emg_borg("after-backup")
     assert leftovers(emg) == []

@@ -10,7 +10,7 @@ import shutil
 import pytest
 
 from conftest import start_named
-from emg_borg.external import proc
+from emg_borg.core import proc
 
 
 def fake_process(root, pid: int, comm: str, exe: str | None = None) -> None:

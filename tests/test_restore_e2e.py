@@ -67,7 +67,7 @@ def test_default_extract_has_config_spool_and_dump_but_no_logs(emg, tmp_path):
         assert extracted[path] == content, path
     assert extracted[rel(emg.tree.spooldir / "seqno")] == b"1049\n"
     manifest = json.loads(emg.emg_borg("archives", "--repository", str(emg.repo), "--json").stdout)[0]
-    assert manifest["dump_bytes"] == len(extracted[f"emg-borg/mysql/{emg.database}.sql"])
+    assert manifest["dump_bytes"] == len(extracted[f"emg-borg/dumps/mysql/{emg.database}.sql"])
     assert "emg-borg/manifest.json" not in extracted
 
     # --categories logs gives the log files and nothing else; executables were never backed up.
@@ -86,7 +86,7 @@ def test_dry_run_lists_by_category_and_writes_nothing(emg, tmp_path):
     plan = json.loads(result.stdout)["categories"]
     assert set(plan) == {"config", "data", "database"}
     assert {i["path"] for i in plan["config"] if i["type"] == "-"} == set(config_files(emg))
-    assert [i["path"] for i in plan["database"] if i["type"] == "-"] == [f"emg-borg/mysql/{emg.database}.sql"]
+    assert [i["path"] for i in plan["database"] if i["type"] == "-"] == [f"emg-borg/dumps/mysql/{emg.database}.sql"]
     assert not destination.exists()
     text = emg.emg_borg("extract", "--repository", str(emg.repo), "--dry-run", "--categories", "logs").stdout
     assert "logs (7 items" in text and rel(emg.tree.logdir / "security") in text
@@ -574,13 +574,13 @@ def test_verify_passes_on_a_good_archive_and_fails_on_an_altered_dump(emg, maria
     assert mariadb.sql(f"SHOW DATABASES LIKE '{scratch}'") == ""  # dropped again
 
     def alter_dump(work, manifest):
-        dump = work / manifest["mysql"]["dump"]
+        dump = work / manifest["dumps"][0]["path"]
         dump.write_bytes(dump.read_bytes().replace(b"'mgp-in1'", b"'mgp-XX1'", 1))
 
     altered = rebuilt_archive(emg, tmp_path, "altered-dump", alter_dump)
     result = emg.emg_borg("verify", "--repository", str(emg.repo), "--archive", altered, check=False)
     assert result.returncode == 1
-    assert result.stdout.startswith(f"verify FAILED: {altered}: dump: the dump's sha256")
+    assert result.stdout.startswith(f"verify FAILED: {altered}: dump: the dump emg-borg/dumps/mysql/{emg.database}.sql: sha256")
 
     # restore will not load such a dump, and says why before touching the (empty) target
     mariadb.sql(f"DROP DATABASE {emg.database}")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from pathlib import PurePath, PurePosixPath
 
+from emg_borg.core.paths import within
 from emg_borg.errors import UsageError
 
 CATEGORIES = ("config", "data", "database", "logs", "executables")
@@ -42,11 +43,6 @@ def _roots(manifest_categories: dict) -> list[tuple[str, PurePosixPath]]:
         for category, roots in manifest_categories.items()
         for root in roots
     ]
-
-
-def within(path: PurePath, parent: PurePath) -> bool:
-    """Whether `path` is `parent` or lies below it (by path components: `log` is not in `logbook`)."""
-    return path == parent or parent in path.parents
 
 
 def innermost_category(path: PurePath, roots) -> str | None:

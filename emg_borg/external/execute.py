@@ -21,14 +21,15 @@ def last_line(text: str) -> str:
 
 
 def run(argv: tuple, *, input: str | None = None, env=None, pass_fds=(), check=True, timeout=None,
-        what: str | None = None) -> subprocess.CompletedProcess:
+        what: str | None = None, secret_args: bool = False) -> subprocess.CompletedProcess:
     """Run `argv` and return the completed process with text stdout/stderr.
 
     A missing executable or a non-zero exit (when `check`) raises `CommandError` whose message
     names the command and the last line of its error output.
     """
     argv = tuple(str(a) for a in argv)
-    logger.debug("running: %s", describe(argv))
+    shown = argv[0] + (" ..." if len(argv) > 1 else "") if secret_args else describe(argv)  # arguments may hold a password
+    logger.debug("running: %s", shown)
     try:
         result = subprocess.run(
             argv, input=input, env=env, pass_fds=pass_fds, capture_output=True, text=True,
@@ -37,11 +38,11 @@ def run(argv: tuple, *, input: str | None = None, env=None, pass_fds=(), check=T
     except FileNotFoundError:
         raise CommandError(f"{argv[0]}: command not found (is it installed and on PATH?)")
     except subprocess.TimeoutExpired:
-        raise CommandError(f"{what or argv[0]} timed out after {timeout} s: {describe(argv)}")
+        raise CommandError(f"{what or argv[0]} timed out after {timeout} s: {shown}")
     if check and result.returncode != 0:
         reason = last_line(result.stderr) or last_line(result.stdout) or "no error output"
         raise CommandError(
-            f"{what or describe(argv)} failed (exit {result.returncode}): {reason}",
+            f"{what or shown} failed (exit {result.returncode}): {reason}",
             result.returncode, result.stderr,
         )
     return result

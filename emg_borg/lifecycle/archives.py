@@ -19,13 +19,15 @@ import datetime
 import json
 import logging
 import os
+import tempfile
 from pathlib import Path
 
 from dateutil import parser as date_parser
 
+from emg_borg.core.manifest import ARCHIVE_PATH as MANIFEST_ARCHIVE_PATH
+from emg_borg.core.manifest import Manifest, ManifestVersionError
 from emg_borg.errors import EmgBorgError, UsageError
 from emg_borg.external import borg
-from emg_borg.lifecycle.backup import MANIFEST_ARCHIVE_PATH
 
 logger = logging.getLogger(__name__)
 
@@ -52,11 +54,10 @@ class Repository:
 class Archive:
     name: str
     time: datetime.datetime
-    manifest: dict
+    manifest: Manifest
 
     def summary(self) -> dict:
         """What `emg-borg archives` shows of an archive."""
-        mysql = self.manifest.get("mysql") or {}
         return {
             "name": self.name,
             "time": self.time.isoformat(timespec="seconds"),
@@ -65,7 +66,7 @@ class Archive:
             "message_id": self.manifest.get("message_id"),
             "snapshot_provider": self.manifest.get("snapshot_provider"),
             "freeze_window_ms": self.manifest.get("freeze_window_ms"),
-            "dump_bytes": mysql.get("bytes"),
+            "dump_bytes": self.manifest.dump_bytes,
             "categories": sorted(self.manifest.get("categories") or {}),
         }
 
@@ -109,11 +110,12 @@ def borgmatic_repository(path) -> Repository:
     return Repository(location, env)
 
 
-def resolve_repository(args) -> Repository:
-    if getattr(args, "repository", None):
-        return Repository(args.repository)
-    if getattr(args, "borgmatic_config", None):
-        return borgmatic_repository(args.borgmatic_config)
+def resolve_repository(repository: str | None = None, borgmatic_config: str | None = None) -> Repository:
+    """`repository`, else the first repository of `borgmatic_config`, else `$BORG_REPO`."""
+    if repository:
+        return Repository(repository)
+    if borgmatic_config:
+        return borgmatic_repository(borgmatic_config)
     if os.environ.get("BORG_REPO"):
         return Repository(os.environ["BORG_REPO"])
     raise UsageError("no repository: pass --repository REPO or --borgmatic-config FILE, or set BORG_REPO")
@@ -134,15 +136,18 @@ def archive_time(entry: dict) -> datetime.datetime:
     return naive.replace(microsecond=0).astimezone()
 
 
-def read_manifest(repository: Repository, name: str) -> dict | None:
+def read_manifest(repository: Repository, name: str) -> Manifest | None:
+    """The archive's manifest; None when it has none (not an emg-borg archive) or an unreadable
+    one. A manifest of a format newer than this emg-borg knows raises EmgBorgError."""
     data = borg.read_file(repository.location, name, MANIFEST_ARCHIVE_PATH, env=repository.env)
     if data is None:
         return None
     try:
-        return json.loads(data)
+        parsed = json.loads(data)
     except ValueError:
         logger.warning("archive %s: %s is not valid JSON; skipping it", name, MANIFEST_ARCHIVE_PATH)
         return None
+    return Manifest(parsed, name)
 
 
 def _newest_first(repository: Repository) -> list[tuple[str, datetime.datetime]]:
@@ -157,7 +162,11 @@ def emg_archives(repository: Repository) -> list[Archive]:
     """Every emg-borg archive of the repository, newest first (one borg call per archive)."""
     found = []
     for name, time in _newest_first(repository):
-        manifest = read_manifest(repository, name)
+        try:
+            manifest = read_manifest(repository, name)
+        except ManifestVersionError as error:
+            logger.warning("%s; not listed", error)
+            continue
         if manifest is not None:
             found.append(Archive(name, time, manifest))
     return found
@@ -172,18 +181,32 @@ def archive_of_run(repository: Repository, run_id: str, newest: int = RUN_ARCHIV
     each archive looked at costs a borg call. None when none of them is that run's. A borg
     failure (no passphrase, repository unreachable) raises EmgBorgError."""
     for name, time in _newest_first(repository)[:newest]:
-        manifest = read_manifest(repository, name)
+        try:
+            manifest = read_manifest(repository, name)
+        except ManifestVersionError:
+            continue  # a newer emg-borg's archive is not this run's
         if manifest is not None and manifest.get("run_id") == run_id:
             return Archive(name, time, manifest)
     return None
 
 
-def select(args) -> tuple[Repository, Archive]:
-    """The repository and the archive that `--archive`/`--at` name."""
+@dataclasses.dataclass(frozen=True)
+class Selection:
+    """How a restore-side command names its archive (`--repository`, `--borgmatic-config`,
+    `--archive`, `--at`)."""
+
+    repository: str | None = None
+    borgmatic_config: str | None = None
+    archive: str | None = None
+    at: str | None = None
+
+
+def select(selection: Selection) -> tuple[Repository, Archive]:
+    """The repository and the archive that the selection names."""
     # Parse what can be parsed before asking borg anything, so bad input changes nothing.
-    when = parse_when(args.at) if getattr(args, "at", None) else None
-    repository = resolve_repository(args)
-    wanted = getattr(args, "archive", None)
+    when = parse_when(selection.at) if selection.at else None
+    repository = resolve_repository(selection.repository, selection.borgmatic_config)
+    wanted = selection.archive
     candidates = _newest_first(repository)
     if wanted and wanted != "latest":
         match = next(((n, t) for n, t in candidates if n == wanted), None)
@@ -212,8 +235,6 @@ def select(args) -> tuple[Repository, Archive]:
 @contextlib.contextmanager
 def patterns_file(lines, directory=None):
     """A private temporary borg patterns file holding `lines`, removed afterwards."""
-    import tempfile
-
     fd, name = tempfile.mkstemp(prefix="emg-borg-patterns-", dir=directory)
     try:
         with os.fdopen(fd, "w") as f:
@@ -223,9 +244,3 @@ def patterns_file(lines, directory=None):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(name)
 
-
-def ensure_manifest_categories(archive: Archive) -> dict:
-    categories = archive.manifest.get("categories")
-    if not isinstance(categories, dict) or not categories:
-        raise EmgBorgError(f"archive {archive.name}: its manifest lists no categories")
-    return categories

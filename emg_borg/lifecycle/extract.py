@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
+import shutil
 import time
 from pathlib import Path
 
 from emg_borg.emg import categories as category_module
-from emg_borg.errors import UsageError
+from emg_borg.errors import EmgBorgError, UsageError
 from emg_borg.external import borg
-from emg_borg.lifecycle.archives import Archive, Repository, ensure_manifest_categories, patterns_file
+from emg_borg import __version__
+from emg_borg.core.files import free_name
+from emg_borg.lifecycle.archives import Archive, Repository, patterns_file, select
 
 logger = logging.getLogger(__name__)
 
@@ -26,7 +28,7 @@ PROGRESS_INTERVAL = 5.0  # seconds between progress lines of a long extraction
 
 def present(archive: Archive, selected) -> tuple:
     """The selected categories the archive holds; warns about the others, fails if none is left."""
-    manifest_categories = ensure_manifest_categories(archive)
+    manifest_categories = archive.manifest.categories
     absent = category_module.missing(manifest_categories, selected)
     for category in absent:
         logger.warning("archive %s holds no %s (left out at backup time)", archive.name, category)
@@ -38,19 +40,17 @@ def present(archive: Archive, selected) -> tuple:
 
 def pattern_text(archive: Archive, selected) -> str:
     """A commented borg patterns file extracting the selected categories of `archive`."""
-    from emg_borg import __version__
-
     lines = [
         f"# borg patterns selecting {', '.join(selected)} of archive {archive.name} (emg-borg {__version__})",
         "# use: borg extract --patterns-from THIS-FILE REPOSITORY::ARCHIVE (run in the target directory)",
-        *category_module.pattern_lines(ensure_manifest_categories(archive), selected),
+        *category_module.pattern_lines(archive.manifest.categories, selected),
     ]
     return "\n".join(lines) + "\n"
 
 
 def plan(repository: Repository, archive: Archive, selected) -> dict[str, list[dict]]:
     """What an extraction would write, by category: borg's own listing through the same patterns."""
-    manifest_categories = ensure_manifest_categories(archive)
+    manifest_categories = archive.manifest.categories
     by_category: dict[str, list[dict]] = {c: [] for c in selected}
     with patterns_file(category_module.pattern_lines(manifest_categories, selected)) as patterns:
         items = borg.list_items(repository.location, archive.name, patterns, env=repository.env)
@@ -96,7 +96,7 @@ def human_size(n: float) -> str:
 def extract(repository: Repository, archive: Archive, selected, destination: Path) -> borg.Extracted:
     """Extract the selected categories into `destination` (which must exist). Returns borg's
     item count and the warnings naming the paths it could not write (the caller fails on them)."""
-    lines = category_module.pattern_lines(ensure_manifest_categories(archive), selected)
+    lines = category_module.pattern_lines(archive.manifest.categories, selected)
     progress = Progress(f"extracting {', '.join(selected)} from {archive.name}")
     logger.info("extracting %s from %s into %s", ", ".join(selected), archive.name, destination)
     with patterns_file(lines) as patterns:
@@ -131,14 +131,8 @@ def check_destination(destination: str | None, in_place: bool) -> Path | None:
 
 def new_directory(archive: Archive, base: Path | None = None) -> Path:
     """A directory name that does not exist yet: `emg-borg-ARCHIVE`, numbered if taken."""
-    base = base or Path.cwd()
     safe = "".join(ch if ch.isalnum() or ch in "-_.:" else "_" for ch in archive.name)
-    candidate = base / f"emg-borg-{safe}"
-    number = 1
-    while candidate.exists():
-        number += 1
-        candidate = base / f"emg-borg-{safe}-{number}"
-    return candidate
+    return free_name(base or Path.cwd(), f"emg-borg-{safe}")
 
 
 @contextlib.contextmanager
@@ -151,13 +145,36 @@ def created_directory(path: Path, keep_on_error: bool):
         yield path
     except BaseException:
         if not existed and not keep_on_error:
-            import shutil
-
             shutil.rmtree(path, ignore_errors=True)
         raise
 
 
-def live_path(target: Path, path) -> Path:
-    """Where the live (absolute) or archive-relative `path` lies under a restore target."""
-    return Path(target) / str(path).lstrip(os.sep)
 
+def extract_categories(selection, categories: str, destination: str | None, in_place: bool) -> dict:
+    """`emg-borg extract`: the selected categories of the selected archive into a directory (a
+    new one by default, removed again on failure) or over the live paths."""
+    selected = category_module.parse(categories)
+    where = check_destination(destination, in_place)
+    repository, archive = select(selection)
+    selected = present(archive, selected)
+    where = where or new_directory(archive)
+    with created_directory(where, keep_on_error=in_place):
+        extracted = extract(repository, archive, selected, where)
+    if not extracted.complete:
+        raise EmgBorgError(f"extraction into {where} incomplete: {incomplete(extracted)}")
+    return {"archive": archive.name, "categories": list(selected), "destination": str(where), "items": extracted.items}
+
+
+def extract_plan(selection, categories: str) -> dict:
+    """`emg-borg extract --dry-run`: what would be extracted, by category."""
+    selected = category_module.parse(categories)
+    repository, archive = select(selection)
+    selected = present(archive, selected)
+    return {"archive": archive.name, "dry_run": True, "categories": plan(repository, archive, selected)}
+
+
+def patterns_of(selection, categories: str) -> str:
+    """`emg-borg patterns`: the borg patterns file selecting categories of the selected archive."""
+    selected = category_module.parse(categories)
+    _, archive = select(selection)
+    return pattern_text(archive, present(archive, selected))

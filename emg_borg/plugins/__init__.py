@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+from importlib.metadata import entry_points
 
 import pluggy
 
@@ -20,7 +21,7 @@ DEFAULT_PLUGINS = (
     "emg_borg.plugins.layout",
     "emg_borg.plugins.seqno",
     "emg_borg.plugins.mysql",
-    "emg_borg.plugins.snapshot_none",
+    "emg_borg.plugins.none",
     "emg_borg.plugins.btrfs",
     "emg_borg.plugins.zfs",
     "emg_borg.plugins.lvm",
@@ -39,8 +40,6 @@ def get_plugin_manager(load_entrypoints: bool = True) -> pluggy.PluginManager:
 
 
 def _load_entrypoints(manager: pluggy.PluginManager) -> None:
-    from importlib.metadata import entry_points
-
     for entry_point in entry_points(group=hookspecs.PROJECT):
         if manager.get_plugin(entry_point.name) is not None or manager.is_blocked(entry_point.name):
             continue

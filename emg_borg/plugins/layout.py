@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from emg_borg.emg import layout as emg_layout
-from emg_borg.emg.categories import within
+from emg_borg.core.paths import within
 from emg_borg.hookspecs import hookimpl
 
 
@@ -50,6 +50,4 @@ def emg_borg_backup_patterns(run):
     # A spool that `emg-borg restore` moved aside is no one's data: never archive it again.
     lines = [f"R {run.borg_root(root.path)}" for root in listed] + [f"! sh:**/*{emg_layout.MOVED_ASIDE_MARK}*"]
     lines += [line for _, line in rules]
-    if run.snapshot is not None:
-        lines.extend(f"! pf:{path}" for path in run.snapshot.prune)
     return lines

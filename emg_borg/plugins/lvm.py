@@ -21,13 +21,14 @@ read live where they are.
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 
+from emg_borg.config import Option
+from emg_borg.core.snapshot import Resource, Snapshot, SnapshotProvider
 from emg_borg.errors import EmgBorgError
 from emg_borg.external import findmnt, lvm, mount
 from emg_borg.hookspecs import hookimpl
-from emg_borg.lifecycle import archives
-from emg_borg.lifecycle.run import Snapshot
 from emg_borg.plugins import volumes
 
 logger = logging.getLogger(__name__)
@@ -39,9 +40,19 @@ def snapshot_lv_name(origin_lv: str, tag: str) -> str:
     return f"{origin_lv}_{tag}"
 
 
+def _snapshot_size(value):
+    # lvcreate --extents N%{ORIGIN,VG,FREE,PVS} or --size N[unit]
+    if re.fullmatch(r"\d+(\.\d+)?%(ORIGIN|VG|FREE|PVS)|\d+(\.\d+)?[bBsSkKmMgGtTpPeE]?", value):
+        return None
+    return f"expected e.g. \"10%ORIGIN\" or \"2G\"; got {value!r}"
+
+
 @hookimpl
-def emg_borg_snapshot_providers():
-    return [NAME]
+def emg_borg_config_tables():
+    return {"snapshot": {
+        "lvm_snapshot_size": Option(str, "10%ORIGIN", "lvcreate --extents (with %) or --size for LVM snapshots.",
+                                    check=_snapshot_size),
+    }}
 
 
 def _volume_holding(path) -> tuple[findmnt.Mount, lvm.LogicalVolume] | None:
@@ -54,17 +65,12 @@ def _volume_holding(path) -> tuple[findmnt.Mount, lvm.LogicalVolume] | None:
     return None
 
 
-@hookimpl(trylast=True)
-def emg_borg_snapshot_provider(run, filesystem):
-    """`lvm` when the device mounted where SPOOLDIR lives is a logical volume. Asked last, so a
-    file system's own snapshots (Btrfs on an LV) are preferred to the volume manager's."""
-    if filesystem in ("btrfs", "zfs", "fuse.zfs"):
-        return None
+def _claims(run) -> bool:
     try:
-        return NAME if _volume_holding(run.layout.spooldir) else None
+        return _volume_holding(run.layout.spooldir) is not None
     except EmgBorgError as error:  # no LVM tools, or no LVM here at all
         logger.debug("lvm: not an LVM volume (%s)", error)
-        return None
+        return False
 
 
 def _spool_volume(run) -> tuple[findmnt.Mount, lvm.LogicalVolume]:
@@ -79,10 +85,7 @@ def _spool_volume(run) -> tuple[findmnt.Mount, lvm.LogicalVolume]:
     return held
 
 
-@hookimpl
-def emg_borg_take_snapshot(run, provider):
-    if provider != NAME:
-        return None
+def _take(run):
     spool, origin = _spool_volume(run)
     nested = volumes.nested_mounts(run, spool.target)
     if nested.in_roots:
@@ -95,16 +98,15 @@ def emg_borg_take_snapshot(run, provider):
     lv_name = snapshot_lv_name(origin.lv_name, run.runtime.instance_tag)
     lvm.check_new_name(origin.vg_name, lv_name)
     snapshot = f"{origin.vg_name}/{lv_name}"
-    run.ledger.add(NAME, "snapshot", name=snapshot, origin=origin.full_name)
-    lvm.create_snapshot(origin.full_name, lv_name, size)
+    yield Resource("snapshot", {"name": snapshot, "origin": origin.full_name},
+                   lambda: lvm.create_snapshot(origin.full_name, lv_name, size))
     created = lvm.logical_volumes(snapshot)
     if not created:
         raise EmgBorgError(f"lvm: lvcreate reported success but lvs does not list {snapshot}")
     device = created[0].lv_path
     where = volumes.view_path(run, spool.target)
     options = ("ro", "nouuid") if spool.fstype == "xfs" else ("ro",)
-    run.ledger.add(NAME, "mount", target=where, device=device)
-    mount.mount(device, where, options=options)
+    yield Resource("mount", {"target": where, "device": device}, lambda: mount.mount(device, where, options=options))
     logger.info("lvm: snapshot %s (%s) of %s, mounted read-only at %s", snapshot, size, spool.target, where)
     return Snapshot(
         provider=NAME, origin=spool.target, base=run.runtime.snapshots, name=snapshot, device=device,
@@ -118,39 +120,21 @@ def _mounted_at(target: Path) -> bool:
     return found is not None and found.target == target
 
 
-def _run_archive(run) -> str:
-    """Name the archive of this run, found by the run id in the archives' manifests. When borg
-    cannot be asked (borgmatic need not pass the passphrase to hooks) the run is named instead."""
-    run_id = run.ledger.meta.get("run_id", run.run_id)
-    started = run.ledger.meta.get("started", run.started)
-    which = f"the archive of emg-borg run {run_id} (started {started})"
-    if not run.repository:
-        return which
-    try:
-        found = archives.archive_of_run(archives.Repository(run.repository), run_id)
-    except (EmgBorgError, ValueError, KeyError, OSError) as error:
-        reason = " ".join(str(error).split()) or type(error).__name__
-        return f"{which} in {run.repository} (the archive could not be looked up: {reason})"
-    if found is None:
-        return f"{which}, if borg wrote one to {run.repository}"
-    return f"archive {run.repository}::{found.name} (emg-borg run {run_id}, started {started})"
-
-
-def _check_overflow(run, entry: dict) -> None:
-    """A loud failure when the snapshot overflowed or became invalid while borg read it."""
+def _check_overflow(entry: dict) -> str | None:
+    """The problem that makes the archive untrustworthy: the snapshot overflowed or became
+    invalid while borg read it. `{archive}` is filled in by the core with the run's archive."""
+    if entry["kind"] != "snapshot":
+        return None
     found = lvm.logical_volumes(entry["name"])
     if not found or not found[0].invalid:
-        return
+        return None
     lv = found[0]
-    message = (
+    logger.warning("lvm: snapshot %s overflowed (lv_attr %s, %s%% full)", entry["name"], lv.lv_attr, lv.data_percent)
+    return (
         f"LVM snapshot {entry['name']} of {entry['origin']} overflowed during the backup (lv_attr {lv.lv_attr}, "
-        f"{lv.data_percent or '?'}% full): DO NOT TRUST {_run_archive(run)}; its spool was read from an invalid "
+        f"{lv.data_percent or '?'}% full): DO NOT TRUST {{archive}}; its spool was read from an invalid "
         f"snapshot. Delete that archive and give the snapshot more room ([snapshot] lvm_snapshot_size)"
     )
-    # after-backup raises the failures once everything is released; a run that releases an
-    # earlier run's leftovers does not, so the log must say it too.
-    logger.warning("lvm: snapshot %s overflowed (lv_attr %s, %s%% full)", entry["name"], lv.lv_attr, lv.data_percent)
-    run.failures.append(message)
 
 
 def _release_mount(entry: dict) -> None:
@@ -173,25 +157,10 @@ def _release_snapshot(entry: dict) -> None:
 RELEASERS = {"mount": _release_mount, "snapshot": _release_snapshot}
 
 
-@hookimpl
-def emg_borg_release(run):
-    # The state first, while nothing is released yet: an overflow must be reported even if a
-    # release below fails.
-    for entry in run.ledger.of(NAME, "snapshot"):
-        try:
-            _check_overflow(run, entry)
-        except EmgBorgError as error:
-            run.release_errors.append(f"lvm: cannot read the state of snapshot {entry['name']}: {error}")
-    volumes.release_each(run, NAME, RELEASERS)
-
-
-@hookimpl
-def emg_borg_cleanup_stale(run):
+def _clean_stale(run):
     """Remove what a crashed run of this installation left and the ledger does not list: snapshots
     `<lv>_<tag>` of an LV `<lv>`, where `<tag>` is this installation's own `instance_tag`, unmounted
     first wherever they are mounted. Another installation's (another tag) are left alone."""
-    if run.provider != NAME:
-        return
     _spool_volume(run)  # SPOOLDIR not on LVM: say that, before removing anything
     tag = run.runtime.instance_tag
     for lv in lvm.logical_volumes():
@@ -210,3 +179,31 @@ def emg_borg_cleanup_stale(run):
             )
         logger.warning("lvm: removing snapshot %s of %s/%s, left by an earlier run", lv.full_name, lv.vg_name, lv.origin)
         lvm.remove(lv.full_name)
+
+
+class Lvm(SnapshotProvider):
+    """Asked last for `auto` (`claim_order`), so a file system's own snapshots (Btrfs on an LV)
+    are preferred to the volume manager's; claims any other file system on a logical volume."""
+
+    name = NAME
+    claim_order = 10
+
+    def claims(self, run, filesystem):
+        return filesystem not in ("btrfs", "zfs", "fuse.zfs") and _claims(run)
+
+    def take(self, run):
+        return (yield from _take(run))
+
+    def check(self, run, entry):
+        return _check_overflow(entry)
+
+    def release(self, run, entry):
+        RELEASERS[entry["kind"]](entry)
+
+    def clean_stale(self, run):
+        _clean_stale(run)
+
+
+@hookimpl
+def emg_borg_snapshot_providers():
+    return [Lvm()]

@@ -14,8 +14,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from emg_borg.emg.categories import within
-from emg_borg.errors import EmgBorgError
+from emg_borg.core.paths import within
 from emg_borg.external import findmnt
 
 
@@ -50,15 +49,3 @@ def view_path(run, origin: Path) -> Path:
     """The stable path where a snapshot of the volume mounted at `origin` is made visible:
     `<runtime_dir>/snapshots/<origin>`, the same on every run so borg's files cache hits."""
     return run.runtime.snapshots / str(origin).lstrip("/")
-
-
-def release_each(run, owner: str, releasers: dict) -> None:
-    """Release `owner`'s ledger entries newest first, each with `releasers[kind]`, and forget
-    each one released; a failure goes to `run.release_errors` and the others are still tried."""
-    for entry in run.ledger.of(owner):
-        try:
-            releasers[entry["kind"]](entry)
-            run.ledger.remove(entry)
-        except (EmgBorgError, OSError) as error:
-            what = entry.get("name") or entry.get("target")
-            run.release_errors.append(f"{owner}: cannot release {entry['kind']} {what}: {error}")

@@ -29,11 +29,11 @@ import logging
 import os
 from pathlib import Path
 
-from emg_borg.emg.categories import within
+from emg_borg.core.paths import within
+from emg_borg.core.snapshot import Resource, Snapshot, SnapshotProvider
 from emg_borg.errors import CommandError, EmgBorgError
 from emg_borg.external import findmnt, mount, zfs
 from emg_borg.hookspecs import hookimpl
-from emg_borg.lifecycle.run import Snapshot
 from emg_borg.plugins import volumes
 
 logger = logging.getLogger(__name__)
@@ -41,16 +41,6 @@ NAME = "zfs"
 OPENZFS = "zfs"
 ZFS_FUSE = "fuse.zfs"
 FSTYPES = (OPENZFS, ZFS_FUSE)
-
-
-@hookimpl
-def emg_borg_snapshot_providers():
-    return [NAME]
-
-
-@hookimpl
-def emg_borg_snapshot_provider(run, filesystem):
-    return NAME if filesystem in FSTYPES else None
 
 
 def snapshot_name(dataset: str, tag: str) -> str:
@@ -76,28 +66,27 @@ def _spool_mount(run) -> findmnt.Mount:
     return found
 
 
-def _expose(run, dataset: str, fstype: str, where: Path) -> dict:
-    """Snapshot `dataset` and make the snapshot visible read-only at `where`."""
+def _expose(run, dataset: str, fstype: str, where: Path):
+    """Snapshot `dataset` and make the snapshot visible read-only at `where` (steps for the core)."""
     tag = run.runtime.instance_tag
     snapshot = snapshot_name(dataset, tag)
-    run.ledger.add(NAME, "snapshot", name=snapshot)
-    zfs.snapshot(snapshot)
+    yield Resource("snapshot", {"name": snapshot}, lambda: zfs.snapshot(snapshot))
     if fstype == OPENZFS:
-        run.ledger.add(NAME, "mount", target=where, source=snapshot)
-        mount.mount(snapshot, where, fstype="zfs", options=("ro",))
+        yield Resource("mount", {"target": where, "source": snapshot},
+                       lambda: mount.mount(snapshot, where, fstype="zfs", options=("ro",)))
         return {"dataset": dataset, "snapshot": snapshot, "mount": str(where), "exposed_by": "mount -t zfs"}
     clone = clone_name(dataset, tag)
-    run.ledger.add(NAME, "clone", name=clone, origin=snapshot, target=where)
-    # zfs-fuse creates a missing mount point itself, but with its own mode; ours is private.
-    where.mkdir(parents=True, exist_ok=True, mode=0o700)
-    zfs.clone(snapshot, clone, where)
+
+    def make_clone():
+        # zfs-fuse creates a missing mount point itself, but with its own mode; ours is private.
+        where.mkdir(parents=True, exist_ok=True, mode=0o700)
+        zfs.clone(snapshot, clone, where)
+
+    yield Resource("clone", {"name": clone, "origin": snapshot, "target": where}, make_clone)
     return {"dataset": dataset, "snapshot": snapshot, "clone": clone, "mount": str(where), "exposed_by": "clone"}
 
 
-@hookimpl
-def emg_borg_take_snapshot(run, provider):
-    if provider != NAME:
-        return None
+def _take(run):
     spool = _spool_mount(run)
     dataset = spool.source  # findmnt names a ZFS mount's source by its dataset
     if not any(d.type == "filesystem" for d in zfs.list_datasets(dataset, types="filesystem")):
@@ -110,7 +99,7 @@ def emg_borg_take_snapshot(run, provider):
             f"snapshot provider zfs: the snapshot of {dataset} would show {found} empty: another file system is "
             f"mounted inside an archived root on {spool.target}; move it, or leave its category out"
         )
-    views = [_expose(run, dataset, spool.fstype, volumes.view_path(run, spool.target))]
+    views = [(yield from _expose(run, dataset, spool.fstype, volumes.view_path(run, spool.target)))]
     logger.info("zfs: snapshot %s of %s, readable at %s", views[0]["snapshot"], spool.target, views[0]["mount"])
     inner_datasets = sorted((m for m in nested.in_roots + nested.holding_roots if m.fstype in FSTYPES),
                             key=lambda m: len(m.target.parts))
@@ -120,7 +109,7 @@ def emg_borg_take_snapshot(run, provider):
                 "zfs: %s is a dataset of its own inside the spool; its snapshot is taken right after that of %s, "
                 "not in the same instant", inner.target, dataset,
             )
-        views.append(_expose(run, inner.source, inner.fstype, volumes.view_path(run, inner.target)))
+        views.append((yield from _expose(run, inner.source, inner.fstype, volumes.view_path(run, inner.target))))
         logger.info("zfs: nested dataset %s at %s readable at %s", inner.source, inner.target, views[-1]["mount"])
     return Snapshot(
         provider=NAME, origin=spool.target, base=run.runtime.snapshots, name=views[0]["snapshot"], device=dataset,
@@ -159,19 +148,11 @@ def _release_snapshot(entry: dict) -> None:
 RELEASERS = {"clone": _release_clone, "mount": _release_mount, "snapshot": _release_snapshot}
 
 
-@hookimpl
-def emg_borg_release(run):
-    volumes.release_each(run, NAME, RELEASERS)
-
-
-@hookimpl
-def emg_borg_cleanup_stale(run):
+def _clean_stale(run):
     """Remove what a crashed run of this installation left and the ledger does not list: ZFS
     mounts under this runtime directory's snapshot views, clones `<dataset>_<tag>` of snapshots
     `<dataset>@<tag>`, then those snapshots, where `<tag>` is this installation's own
     `instance_tag`. Another installation's (another tag) and anybody else's are left alone."""
-    if run.provider != NAME:
-        return
     _spool_mount(run)  # SPOOLDIR not on ZFS: say that, before asking zfs anything
     tag = run.runtime.instance_tag
     views = run.runtime.snapshots
@@ -197,3 +178,22 @@ def emg_borg_cleanup_stale(run):
                     f"zfs: cannot remove the leftover snapshot {dataset.name} of an earlier run ({error}); "
                     f"a new one of the same name cannot be taken until it is gone"
                 )
+
+
+class Zfs(SnapshotProvider):
+    name = NAME
+    filesystems = FSTYPES
+
+    def take(self, run):
+        return (yield from _take(run))
+
+    def release(self, run, entry):
+        RELEASERS[entry["kind"]](entry)
+
+    def clean_stale(self, run):
+        _clean_stale(run)
+
+
+@hookimpl
+def emg_borg_snapshot_providers():
+    return [Zfs()]

@@ -1,4 +1,4 @@
-"""Running processes, read from /proc (no psutil): enough to tell whether emgd runs."""
+"""Running processes, read from /proc (no psutil): whether emgd runs, and who owns a backup run."""
 
 from __future__ import annotations
 
@@ -8,6 +8,43 @@ from collections.abc import Callable
 # The kernel keeps at most 15 characters of a process name in /proc/PID/comm.
 COMM_LENGTH = 15
 DELETED = " (deleted)"  # how /proc/PID/exe ends when the binary was replaced or removed
+
+
+def comm(pid: int, proc="/proc") -> str:
+    """The process's name as the kernel keeps it ("" when it is gone)."""
+    try:
+        with open(os.path.join(proc, str(pid), "comm")) as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+def parent(pid: int, proc="/proc") -> int:
+    """The parent's pid (0 when unknown)."""
+    try:
+        with open(os.path.join(proc, str(pid), "stat")) as f:
+            stat = f.read()
+        return int(stat.rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def cmdline(pid: int, proc="/proc") -> list[bytes]:
+    try:
+        with open(os.path.join(proc, str(pid), "cmdline"), "rb") as f:
+            return f.read().split(b"\0")
+    except OSError:
+        return []
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _names(pid_dir: str) -> list[str]:

@@ -1,0 +1,72 @@
+"""The `emg-borg` command line: parsing (`parser`), printing (`commands`), logging and exit codes.
+
+Every command logs human-readable lines on stderr (borgmatic shows them), prints machine output
+(`--json`) on stdout, and exits 0 (ok), 1 (failure; everything started was released) or 2 (bad
+usage or configuration; nothing was changed).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from emg_borg.cli.commands import COMMANDS
+from emg_borg.cli.parser import ArgumentError, build_parser
+from emg_borg.errors import EXIT_FAILURE, EXIT_USAGE, ConfigError, EmgBorgError
+from emg_borg.lifecycle.session import plugin_manager
+
+logger = logging.getLogger("emg_borg")
+
+
+class _Formatter(logging.Formatter):
+    def format(self, record):
+        prefix = "emg-borg: "
+        if record.levelno >= logging.ERROR:
+            prefix += "error: "
+        elif record.levelno >= logging.WARNING:
+            prefix += "warning: "
+        text = prefix + record.getMessage()
+        if record.exc_info:
+            text += "\n" + self.formatException(record.exc_info)
+        return text
+
+
+def setup_logging(verbosity: int) -> None:
+    level = {-1: logging.ERROR, 0: logging.INFO, 1: logging.DEBUG}.get(max(-1, min(verbosity, 1)), logging.INFO)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_Formatter())
+    root = logging.getLogger("emg_borg")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+
+
+def main(argv=None) -> int:
+    setup_logging(0)
+    try:
+        args = build_parser().parse_args(argv)
+    except ArgumentError as error:
+        sys.stderr.write(error.usage + "\n")
+        logger.error("%s", error)
+        return EXIT_USAGE
+    setup_logging(args.verbose - args.quiet)
+    try:
+        return COMMANDS[args.command](args, plugin_manager()) or 0
+    except ConfigError as error:
+        for problem in error.problems:  # every problem of a file, one line each
+            logger.error("%s", problem)
+        return error.exit_code
+    except EmgBorgError as error:
+        logger.error("%s", error)
+        return error.exit_code
+    except KeyboardInterrupt:
+        logger.error("interrupted")
+        return EXIT_FAILURE
+    except Exception as error:  # noqa: BLE001 - last resort: one line, traceback with -v
+        logger.debug("traceback", exc_info=True)
+        logger.error("unexpected %s: %s (run with -v for a traceback)", type(error).__name__, error)
+        return EXIT_FAILURE
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

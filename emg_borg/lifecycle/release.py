@@ -1,0 +1,107 @@
+"""`after-backup` and `on-error`: release what a run created; idempotent.
+
+Releasing is isolated step by step: every plugin's `release` hook runs even when another's
+fails, every ledger entry is tried even when another could not be released, and what could not
+be released stays in the ledger (and the run lock stays) so `on-error` or the next run retries.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+
+from emg_borg.core.files import remove_empty_dirs, remove_tree
+from emg_borg.core.run import BackupRun
+from emg_borg.core.runtime import Ledger, RunLock, RuntimeDir, run_owner_pid
+from emg_borg.core.signals import signals_deferred
+from emg_borg.errors import EmgBorgError
+from emg_borg.lifecycle import archives, providers
+
+logger = logging.getLogger(__name__)
+
+
+def _release_core(run: BackupRun, entry: dict) -> None:
+    remove_tree(entry["path"])
+
+
+def release_resources(run: BackupRun) -> None:
+    """Release everything the ledger lists and every plugin holds; raise one error listing what
+    could not be released (the rest is released all the same)."""
+    run.release_errors = []
+    known = providers.registry(run.hook)
+    # The state first, while nothing is released yet: an overflowed snapshot must be reported
+    # even if a release below fails.
+    for problem in providers.check_entries(run, known):
+        run.failures.append(problem.replace("{archive}", run_archive(run)))
+    for impl in reversed(run.hook.emg_borg_release.get_hookimpls()):
+        try:
+            impl.function(run=run)
+        except Exception as error:  # noqa: BLE001 - one plugin's failure must not stop the others
+            run.release_errors.append(f"plugin {impl.plugin_name}: {type(error).__name__}: {error}")
+    providers.release_entries(run, known, _release_core)
+    if not run.ledger.entries:
+        run.ledger.delete()
+    if run.release_errors:
+        raise EmgBorgError("release incomplete: " + "; ".join(run.release_errors))
+
+
+def release_and_unlock(run: BackupRun, lock: RunLock) -> None:
+    """Release everything, remove the patterns file (its roots are gone) and the emptied mount
+    directories, and give up the run lock once the ledger is empty. A release that failed keeps
+    the lock and the ledger, so `on-error` or the next run tries again."""
+    with signals_deferred():
+        try:
+            release_resources(run)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                run.runtime.patterns.unlink()
+            remove_empty_dirs(run.runtime.snapshots)
+            if not run.ledger.entries:
+                lock.release()
+
+
+def release_backup(config, manager, *, force=False, repository=None, dry_run=False) -> str:
+    """`after-backup` / `on-error`: release the run's snapshot, mounts, staging and lock."""
+    runtime = RuntimeDir(config["backup"]["runtime_dir"])
+    lock = RunLock(runtime.lock)
+    run = BackupRun(config=config, runtime=runtime, ledger=Ledger(runtime.ledger), hook=manager.hook,
+                    repository=repository, dry_run=dry_run)
+    if not runtime.root.exists() or (not run.ledger.entries and lock.read() is None):
+        with contextlib.suppress(FileNotFoundError):
+            runtime.patterns.unlink()
+        return "nothing to release"
+    other = lock.held_by_other_live_run(run_owner_pid())
+    if other and not force:
+        logger.warning(
+            "the run lock belongs to another running backup (pid %s, run %s); leaving its resources alone "
+            "(use --force if that process is not an emg-borg backup)", other.get("pid"), other.get("run_id"),
+        )
+        return "lock held by another run"
+    if dry_run:
+        for entry in reversed(run.ledger.entries):
+            logger.info("would release %s %s", entry["owner"], {k: v for k, v in entry.items() if k != "owner"})
+        return "dry run"
+    run.run_id = run.ledger.meta.get("run_id", run.run_id)
+    run.started = run.ledger.meta.get("started", run.started)
+    release_and_unlock(run, lock)
+    if run.failures:
+        raise EmgBorgError("; ".join(run.failures))
+    return "released"
+
+
+def run_archive(run: BackupRun) -> str:
+    """Name the archive of this run, found by the run id in the archives' manifests. When borg
+    cannot be asked (borgmatic need not pass the passphrase to hooks) the run is named instead."""
+    run_id = run.ledger.meta.get("run_id", run.run_id)
+    started = run.ledger.meta.get("started", run.started)
+    which = f"the archive of emg-borg run {run_id} (started {started})"
+    if not run.repository:
+        return which
+    try:
+        found = archives.archive_of_run(archives.Repository(run.repository), run_id)
+    except (EmgBorgError, ValueError, KeyError, OSError) as error:
+        reason = " ".join(str(error).split()) or type(error).__name__
+        return f"{which} in {run.repository} (the archive could not be looked up: {reason})"
+    if found is None:
+        return f"{which}, if borg wrote one to {run.repository}"
+    return f"archive {run.repository}::{found.name} (emg-borg run {run_id}, started {started})"

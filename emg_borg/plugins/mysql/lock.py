@@ -1,0 +1,128 @@
+"""The consistency point's lock: `FLUSH TABLES WITH READ LOCK` on one held connection.
+
+With `[mysql] lock` other than `none` the lock is taken (bounded by `lock_timeout`: a watchdog on
+a second connection kills the statement if it waits longer), so writers stop while the spool
+snapshot is taken, the message id and binlog position are read, and mysqldump's
+`--single-transaction` snapshot begins. The lock is then released; the dump goes on without
+blocking anybody. The window is measured and lands in the manifest as `freeze_window_ms`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import re
+import threading
+import time
+
+from emg_borg.errors import EmgBorgError
+from emg_borg.external import mysql
+from emg_borg.plugins.mysql.settings import NAME, connection_settings, query_one
+
+logger = logging.getLogger(__name__)
+
+
+def session(run):
+    """The connection held for the consistency point, opened on first use."""
+    state = run.state(NAME)
+    if "connection" not in state:
+        state["settings"] = connection_settings(run.config, run.layout)
+        state["connection"] = mysql.connect(state["settings"])
+    return state["connection"]
+
+
+def close(run) -> None:
+    connection = run.state(NAME).pop("connection", None)
+    if connection is not None:
+        with contextlib.suppress(Exception):
+            connection.close()
+
+
+def _kill_after(settings, thread_id: int, timeout: float, done: threading.Event, killed: list) -> None:
+    # FLUSH TABLES WITH READ LOCK waits behind long queries and blocks every writer while it
+    # waits, so it must never wait longer than lock_timeout.
+    if done.wait(timeout):
+        return
+    with contextlib.suppress(Exception):
+        guard = mysql.connect(settings, connect_timeout=5)
+        with guard.cursor() as cursor:
+            cursor.execute(f"KILL QUERY {int(thread_id)}")
+        killed.append(True)
+        guard.close()
+
+
+@contextlib.contextmanager
+def global_read_lock(run):
+    section = run.config["mysql"]
+    mode, timeout = section["lock"], float(section["lock_timeout"])
+    connection = session(run)
+    settings = run.state(NAME)["settings"]
+    try:
+        if mode == "none":
+            run.lock_state = "none"
+            yield
+            return
+        with connection.cursor() as cursor:
+            cursor.execute("SET SESSION lock_wait_timeout = %s", (max(1, math.ceil(timeout)),))
+        done, killed = threading.Event(), []
+        threading.Thread(target=_kill_after, args=(settings, connection.thread_id(), timeout, done, killed),
+                         daemon=True).start()
+        logger.info("taking a global read lock on %s (at most %g s)", settings.describe(), timeout)
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute("FLUSH TABLES WITH READ LOCK")
+        except Exception as error:  # noqa: BLE001 - PyMySQL errors vary; all mean "no lock"
+            done.set()
+            timed_out = killed or getattr(error, "args", (None,))[0] == 1205  # ER_LOCK_WAIT_TIMEOUT
+            reason = f"waited {timeout:g} s" if timed_out else str(error)
+            if mode == "best-effort":
+                logger.warning("no global read lock (%s); going on unlocked: the dump and the spool may differ", reason)
+                run.lock_state = "failed, unlocked (best-effort)"
+                yield
+                return
+            raise EmgBorgError(
+                f"cannot take a global read lock on {settings.describe()} ({reason}); long-running queries may be "
+                f"in the way. Set [mysql] lock = \"best-effort\" to go on without it"
+            )
+        done.set()
+        acquired = time.monotonic()
+        run.lock_state = "held"
+        try:
+            # Under the lock the binlog position cannot move: it is the dump's position too.
+            # Unlocked it would describe neither the dump nor the snapshot, so it is not recorded.
+            run.state(NAME)["binlog"] = binlog_position(connection)
+            yield
+        finally:
+            with contextlib.suppress(Exception):
+                with connection.cursor() as cursor:
+                    cursor.execute("UNLOCK TABLES")
+            run.freeze_window_ms = round((time.monotonic() - acquired) * 1000, 3)
+            logger.info("global read lock released after %.1f ms", run.freeze_window_ms)
+    except BaseException:
+        close(run)
+        raise
+
+
+def binlog_position(connection) -> dict | None:
+    try:
+        status = query_one(connection, "SHOW MASTER STATUS")
+    except Exception:  # noqa: BLE001 - no binlog privilege: no coordinates, not a failure
+        return None
+    return {"file": status[0], "position": int(status[1])} if status else None
+
+
+def has_reload(connection) -> bool:
+    """Whether a global grant of the current user includes RELOAD (or ALL PRIVILEGES). A role
+    granted to the user may carry it too; then the lock itself will tell, so say yes."""
+    with connection.cursor() as cursor:
+        cursor.execute("SHOW GRANTS FOR CURRENT_USER()")
+        grants = [row[0] for row in cursor.fetchall()]
+    if any(not re.search(r" ON \S+ TO ", grant, re.IGNORECASE) for grant in grants):
+        return True  # a role grant
+    for grant in grants:
+        match = re.match(r"GRANT (.+?) ON \*\.\* TO ", grant, re.IGNORECASE)
+        privileges = {p.strip().upper() for p in match.group(1).split(",")} if match else set()
+        if privileges & {"RELOAD", "ALL PRIVILEGES", "ALL"}:
+            return True
+    return False

@@ -1,0 +1,80 @@
+"""The `[mysql]` table, and the connection settings: server.cfg's DB profile, overridden by it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from emg_borg.config import Option, positive, tcp_port
+from emg_borg.external import mysql
+
+NAME = "mysql"
+LOCK_MODES = ("required", "best-effort", "none")
+DEFAULT_QUERY = "SELECT MAX(id) FROM routelog"
+
+TABLES = {
+    "mysql": {
+        "enabled": Option(bool, None, "Dump the EMG database; default: when server.cfg has a MySQL DB profile.",
+                          example="true"),
+        "host": Option(str, None, "Override the DB profile's HOST.", example='"127.0.0.1"'),
+        "port": Option(int, None, "Override the DB profile's PORT.", check=tcp_port, example="3306"),
+        "socket": Option(str, None, "Connect through this Unix socket instead of TCP.",
+                         example='"/run/mysqld/mysqld.sock"'),
+        "user": Option(str, None, "Override the DB profile's USERNAME (a dedicated backup user is best).",
+                       example='"emgbackup"'),
+        "password_file": Option(str, None, "File holding the password (first line); overrides PASSWORD in server.cfg.",
+                                example='"/etc/emg-borg/mysql-password"'),
+        "database": Option(str, None, "Override the DB profile's DBNAME.", example='"emg"'),
+        "dump_options": Option(list, [], "Extra mysqldump options, e.g. [\"--hex-blob\"]."),
+        "lock": Option(
+            str, "required",
+            "Hold a global read lock around snapshot, message id and dump start: required (fail "
+            "when it cannot be had), best-effort (warn and go on unlocked), none.",
+            choices=LOCK_MODES,
+        ),
+        "lock_timeout": Option((int, float), 10, "Seconds to wait for the global read lock (and for the dump's "
+                               "transaction to begin).", check=positive),
+        "mysqldump": Option(str, "mysqldump", "mysqldump command."),
+        "mysql": Option(str, "mysql", "mysql client command (used to load dumps at restore)."),
+    },
+    "seqno": {
+        "query": Option(str, DEFAULT_QUERY, "SQL that returns the current message id (when no [seqno] command is set)."),
+    },
+}
+
+
+def enabled(config, layout) -> bool:
+    setting = config["mysql"]["enabled"]
+    if setting is not None:
+        return setting
+    return layout is not None and layout.db is not None and layout.db.is_mysql
+
+
+def connection_settings(config, layout) -> mysql.Connection:
+    """Credentials from server.cfg's DB profile, overridden by `[mysql]`."""
+    section = config["mysql"]
+    db = layout.db if layout is not None else None
+    password = db.password if db else None
+    if section["password_file"]:
+        path = Path(section["password_file"])
+        try:
+            lines = path.read_text().splitlines()
+        except OSError as error:
+            raise config.error("mysql", "password_file", f"cannot read {path}: {error.strerror}")
+        password = lines[0] if lines else ""
+    database = section["database"] or (db.database if db else None)
+    if not database:
+        raise config.error("mysql", "database", "no database name: server.cfg has no DBPROFILE with DBNAME; set it here")
+    return mysql.Connection(
+        host=section["host"] or (db.host if db else None),
+        port=section["port"] or (db.port if db else None),
+        socket=section["socket"],
+        user=section["user"] or (db.user if db else None),
+        database=database,
+        password=password,
+    )
+
+
+def query_one(connection, sql, args=None):
+    with connection.cursor() as cursor:
+        cursor.execute(sql, args)
+        return cursor.fetchone()
