@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import datetime
 import json
-from types import SimpleNamespace
 
 import pytest
 
@@ -34,14 +33,13 @@ def test_archive_time_is_local_and_to_the_second():
 def test_repository_resolution(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("BORG_REPO", raising=False)
-    args = SimpleNamespace(repository="repo.borg", borgmatic_config=None)
-    assert archives.resolve_repository(args).location == str(tmp_path / "repo.borg")
+    assert archives.resolve_repository("repo.borg").location == str(tmp_path / "repo.borg")
     assert archives.Repository("backup@host:emg.borg").location == "backup@host:emg.borg"
     assert archives.Repository("ssh://backup@host/./emg.borg").location == "ssh://backup@host/./emg.borg"
     with pytest.raises(UsageError, match="no repository"):
-        archives.resolve_repository(SimpleNamespace(repository=None, borgmatic_config=None))
+        archives.resolve_repository()
     monkeypatch.setenv("BORG_REPO", "/srv/emg.borg")
-    assert archives.resolve_repository(SimpleNamespace(repository=None, borgmatic_config=None)).location == "/srv/emg.borg"
+    assert archives.resolve_repository().location == "/srv/emg.borg"
 
 
 def test_borgmatic_config_repository_and_passphrase(tmp_path, monkeypatch):

@@ -138,3 +138,4 @@ class VerifyRun:
     config: Any
     layout: ArchivedLayout | None
     scratch_db: str | None
+    load_dump: bool = False

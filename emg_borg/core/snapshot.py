@@ -77,6 +77,7 @@ class SnapshotProvider:
     name: ClassVar[str]
     filesystems: ClassVar[tuple[str, ...]] = ()  # findmnt FSTYPEs it claims for `auto`
     claim_order: ClassVar[int] = 0  # lower asks first; a volume manager asks after file systems
+    releasers: ClassVar[dict[str, Callable[[dict], Any]]] = {}  # ledger kind -> release of one entry
 
     def claims(self, run, filesystem: str) -> bool:
         return filesystem in self.filesystems
@@ -97,4 +98,4 @@ class SnapshotProvider:
         return None
 
     def release(self, run, entry: dict) -> None:
-        raise NotImplementedError
+        self.releasers[entry["kind"]](entry)

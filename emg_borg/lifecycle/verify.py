@@ -56,9 +56,7 @@ class Verdict:
 
 
 def verify(config, manager, selection: Selection, *, load_dump=False, scratch_db=None, scratch_dir=None) -> Verdict:
-    if load_dump and not scratch_db:
-        raise UsageError("--load-dump needs --scratch-db NAME (a throwaway database)")
-    drill = VerifyRun(config=config, layout=None, scratch_db=scratch_db)
+    drill = VerifyRun(config=config, layout=None, scratch_db=scratch_db, load_dump=load_dump)
     problems = [p for found in manager.hook.emg_borg_verify_options(verify=drill) for p in found or ()]
     if problems:
         raise UsageError(problems[0])  # before any work

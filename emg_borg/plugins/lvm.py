@@ -187,6 +187,7 @@ class Lvm(SnapshotProvider):
 
     name = NAME
     claim_order = 10
+    releasers = RELEASERS
 
     def claims(self, run, filesystem):
         return filesystem not in ("btrfs", "zfs", "fuse.zfs") and _claims(run)
@@ -196,9 +197,6 @@ class Lvm(SnapshotProvider):
 
     def check(self, run, entry):
         return _check_overflow(entry)
-
-    def release(self, run, entry):
-        RELEASERS[entry["kind"]](entry)
 
     def clean_stale(self, run):
         _clean_stale(run)

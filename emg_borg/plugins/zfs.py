@@ -183,12 +183,10 @@ def _clean_stale(run):
 class Zfs(SnapshotProvider):
     name = NAME
     filesystems = FSTYPES
+    releasers = RELEASERS
 
     def take(self, run):
         return (yield from _take(run))
-
-    def release(self, run, entry):
-        RELEASERS[entry["kind"]](entry)
 
     def clean_stale(self, run):
         _clean_stale(run)

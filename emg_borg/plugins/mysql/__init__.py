@@ -108,6 +108,8 @@ def emg_borg_restore_dump(restore, dump):
 
 @hookimpl
 def emg_borg_verify_options(verify):
+    if verify.load_dump and not verify.scratch_db:
+        return ["--load-dump needs --scratch-db NAME (a throwaway database to load the MySQL dump into)"]
     problem = restoring.scratch_db_problem(verify.scratch_db) if verify.scratch_db else None
     return [problem] if problem else None
 
