@@ -15,6 +15,10 @@ EXIT_USAGE = 2
 class EmgBorgError(Exception):
     exit_code = EXIT_FAILURE
 
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.further: list[str] = []  # more lines for the user, after this one (e.g. what a cleanup could not do)
+
 
 class UsageError(EmgBorgError):
     """Bad command-line input: an unknown category, a date that does not parse, ..."""

@@ -80,7 +80,7 @@ def test_archive_of_run_finds_the_run_by_its_manifest_among_the_newest(tmp_path)
     repository = archives.Repository(str(repo))
 
     found = archives.archive_of_run(repository, "run-b")
-    assert found.name == "archive-2" and found.manifest == {"run_id": "run-b"}
+    assert found.name == "archive-2" and found.manifest.data == {"run_id": "run-b"}
     assert archives.archive_of_run(repository, "run-a").name == "archive-0"
     assert archives.archive_of_run(repository, "run-a", newest=3) is None  # older ones are not read
     assert archives.archive_of_run(repository, "no-such-run") is None

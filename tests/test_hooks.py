@@ -66,7 +66,8 @@ class CopyFs(SnapshotProvider):
 
 @hookimpl
 def emg_borg_config_tables():
-    return {"site": {"rack": Option(str, "A1", "Where the gateway stands.")}}
+    return {"site": {"rack": Option(str, "A1", "Where the gateway stands."),
+                     "fail": Option(bool, False, "Fail while capturing the message id (for the tests).")}}
 
 
 @hookimpl
@@ -85,6 +86,8 @@ def emg_borg_hold_consistency_point(run):
 
 @hookimpl(tryfirst=True)
 def emg_borg_capture_message_id(run):
+    if run.config["site"]["fail"]:
+        raise RuntimeError("the site's id service is down")
     run.message_id_source = "site plugin"
     return 424242
 
@@ -142,6 +145,21 @@ def test_third_party_plugin_drives_every_backup_hook_and_its_own_provider(emg, t
     assert "plugin site: RuntimeError: the site plugin's release failed" in result.stderr
     assert not copy.exists() and not (emg.runtime / "staging").exists()
     assert not (emg.runtime / "ledger.json").exists()
+
+
+def test_a_failed_backup_shows_its_error_first_and_what_could_not_be_released_after(emg, tmp_path):
+    env = install_entry_point(tmp_path, "site", "emg_site_plugin", THIRD_PARTY)
+    emg.write_config("copyfs", '[site]\nfail = true\n')
+    result = run([sys.executable, "-m", "emg_borg", "-c", str(emg.config_path), "before-backup"], env=env, check=False)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("emg-borg: error:")]
+    assert result.returncode == 1
+    assert errors == [
+        "emg-borg: error: unexpected RuntimeError: the site's id service is down (run with -v for a traceback)",
+        "emg-borg: error: release incomplete: plugin site: RuntimeError: the site plugin's release failed",
+    ]
+    # The snapshot copy and the staging area were still released, though the plugin's release failed.
+    assert not (emg.runtime / "snapshots" / str(emg.tree.spooldir).lstrip("/")).exists()
+    assert not (emg.runtime / "staging").exists() and not (emg.runtime / "ledger.json").exists()
 
 
 def test_a_plugin_s_config_table_is_checked_with_file_and_line(emg, tmp_path):

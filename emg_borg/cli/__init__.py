@@ -58,14 +58,23 @@ def main(argv=None) -> int:
         return error.exit_code
     except EmgBorgError as error:
         logger.error("%s", error)
+        _further(error)
         return error.exit_code
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as error:
         logger.error("interrupted")
+        _further(error)
         return EXIT_FAILURE
     except Exception as error:  # noqa: BLE001 - last resort: one line, traceback with -v
         logger.debug("traceback", exc_info=True)
         logger.error("unexpected %s: %s (run with -v for a traceback)", type(error).__name__, error)
+        _further(error)
         return EXIT_FAILURE
+
+
+def _further(error: BaseException) -> None:
+    """The lines that follow an error: what the cleanup after it could not do."""
+    for line in getattr(error, "further", ()):
+        logger.error("%s", line)
 
 
 if __name__ == "__main__":

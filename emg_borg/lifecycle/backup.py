@@ -87,8 +87,12 @@ def before_backup(config, manager, *, dry_run=False, repository=None) -> dict:
             write_seqno(run)
             manifest = write_manifest(run)
             write_patterns(run)
-    except BaseException:
-        release_and_unlock(run, lock)
+    except BaseException as error:
+        try:
+            release_and_unlock(run, lock)
+        except EmgBorgError as incomplete:
+            # The user sees the original error first; what could not be released follows it.
+            error.further = [*getattr(error, "further", []), str(incomplete)]
         raise
     logger.info(
         "ready for borg: message id %s, freeze window %.1f ms, %d pattern lines in %s",
