@@ -664,3 +664,43 @@ def test_repository_from_borgmatic_config_and_borg_repo(emg, monkeypatch):
     assert run_emg_borg("archives", "--borgmatic-config", str(emg.borgmatic_config())).returncode == 0
     monkeypatch.setenv("BORG_PASSPHRASE", "emg-borg-test-passphrase")
     assert "1049" in run_emg_borg("archives").stdout
+
+
+def test_manifest_format_1_archives_still_list_verify_and_restore_and_a_newer_format_is_refused(emg, mariadb, tmp_path):
+    emg.borgmatic_create()
+
+    def as_format_1(work, manifest):
+        # emg-borg 0.1's layout: one `mysql` object and the dump under emg-borg/mysql/.
+        [dump] = manifest.pop("dumps")
+        (work / "emg-borg" / "mysql").mkdir()
+        (work / dump["path"]).rename(work / "emg-borg" / "mysql" / f"{dump['database']}.sql")
+        shutil.rmtree(work / "emg-borg" / "dumps")
+        manifest.update(format_version=1, categories={**manifest["categories"], "database": ["emg-borg/mysql"]},
+                        mysql={"database": dump["database"], "dump": f"emg-borg/mysql/{dump['database']}.sql",
+                               "bytes": dump["bytes"], "sha256": dump["sha256"]})
+
+    old = rebuilt_archive(emg, tmp_path, "format-1", as_format_1)
+    listed = json.loads(emg.emg_borg("archives", "--repository", str(emg.repo), "--json").stdout)
+    assert {row["name"]: row["dump_bytes"] for row in listed}[old] > 0
+    verified = emg.emg_borg("verify", "--repository", str(emg.repo), "--archive", old)
+    assert verified.stdout.startswith(f"verify OK: {old}") and f"emg-borg/mysql/{emg.database}.sql" in verified.stdout
+    mariadb.sql(f"DROP DATABASE {emg.database}")
+    target = tmp_path / "target"
+    target.mkdir()
+    restored = json.loads(emg.emg_borg("restore", "--repository", str(emg.repo), "--archive", old, "--target",
+                                       str(target), "--json").stdout)
+    assert any(line.startswith(f"loaded the dump of {emg.database}") for line in restored["done"]), restored
+    assert mariadb.sql("SELECT COUNT(*) FROM routelog", emg.database).strip() == "50"
+
+    def as_format_99(work, manifest):
+        manifest["format_version"] = 99
+
+    future = rebuilt_archive(emg, tmp_path, "format-99", as_format_99)
+    refused = emg.emg_borg("verify", "--repository", str(emg.repo), "--archive", future, check=False)
+    assert refused.returncode == 1
+    assert refused.stderr.strip().splitlines()[-1] == (
+        f"emg-borg: error: archive {future}: manifest format_version 99 is newer than this emg-borg knows (1, 2); "
+        f"upgrade emg-borg to read it")
+    listed = emg.emg_borg("archives", "--repository", str(emg.repo), "--json")
+    assert future not in [row["name"] for row in json.loads(listed.stdout)]
+    assert f"archive {future}: manifest format_version 99 is newer" in listed.stderr

@@ -78,9 +78,9 @@ def test_default_spool_inside_emgdir_is_data_not_config(tmp_path):
     (emgdir / "log").mkdir()
     found = layout.discover(emg_section(emgdir), environ={})
     assert found.spooldir == emgdir / "spool"
-    assert found.category_of(emgdir / "spool" / "seqno.hdb") == "data"
-    assert found.category_of(emgdir / "log" / "general") == "logs"
-    assert found.category_of(emgdir / "server.cfg") == "config"
+    assert layout.category_of(emgdir / "spool" / "seqno.hdb", found.roots) == "data"
+    assert layout.category_of(emgdir / "log" / "general", found.roots) == "logs"
+    assert layout.category_of(emgdir / "server.cfg", found.roots) == "config"
     assert found.db.database == "emg" and found.db.port == 3306
     assert "secret" not in repr(found.db)
     assert set(found.known_files) == {"server.cfg", "users", "routing", "license", "client.cfg"}
@@ -96,7 +96,7 @@ def test_references_outside_emgdir_relative_and_absolute(tmp_path):
     found = layout.discover(emg_section(emgdir), environ={})
     refs = {r.keyword: r for r in found.references}
     assert refs["ROUTING"].path == emgdir / "routing" and refs["ROUTING"].exists
-    assert refs["BLACKLIST"].path == outside and found.category_of(outside) == "config"
+    assert refs["BLACKLIST"].path == outside and layout.category_of(outside, found.roots) == "config"
     assert refs["LIBRARY"].exists is False and refs["LIBRARY"].category == "executables"
     assert refs["CONFIG"].block == "PLUGIN p" and refs["CONFIG"].line == 6
     assert found.spooldir == Path("/var/spool/emg")
@@ -110,7 +110,7 @@ def test_symlinked_log_directory_and_emglogdir(tmp_path):
     (emgdir / "log").symlink_to(real_logs)
     found = layout.discover(emg_section(emgdir), environ={})
     assert found.logdir == real_logs
-    assert found.category_of(real_logs / "general") == "logs"
+    assert layout.category_of(real_logs / "general", found.roots) == "logs"
     other = tmp_path / "elsewhere"
     other.mkdir()
     found = layout.discover(emg_section(emgdir), environ={"EMGLOGDIR": str(other)})
@@ -145,4 +145,4 @@ def test_bindir_with_versioned_symlinks_is_executables(tmp_path):
     (emgdir / "bin" / "emgd-7.2.0-50785").write_text("")
     os.symlink("emgd-7.2.0-50785", emgdir / "bin" / "emgd")
     found = layout.discover(emg_section(emgdir), environ={})
-    assert found.category_of(emgdir / "bin" / "emgd") == "executables"
+    assert layout.category_of(emgdir / "bin" / "emgd", found.roots) == "executables"

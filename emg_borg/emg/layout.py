@@ -85,12 +85,6 @@ class Layout:
     db: DbProfile | None
     node_id: int | None
 
-    def roots_of(self, category: str) -> list[Root]:
-        return [r for r in self.roots if r.category == category]
-
-    def category_of(self, path) -> str | None:
-        return category_of(Path(path), self.roots)
-
     def to_dict(self) -> dict:
         return {
             "emgdir": str(self.emgdir),
