@@ -42,6 +42,13 @@ class Option:
 
 
 Tables = dict[str, dict[str, Option]]
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def duration_seconds(text: str) -> float | None:
+    """`26h`, `2d`, `90m`, `3600s` (or a bare number of seconds) in seconds; None if it is none."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", str(text))
+    return float(match.group(1)) * _UNITS[match.group(2) or "s"] if match else None
 
 
 def positive(value):
@@ -77,6 +84,15 @@ CORE_TABLES: Tables = {
             list, ["config", "data", "database", "logs"],
             "What to back up: config, data (the spool), database, logs, executables.",
             item_choices=CATEGORIES,
+        ),
+    },
+    "restore": {
+        "max_spool_age": Option(
+            str, "26h",
+            "Restore refuses spool data older than this without --old-spool: queued messages and delivery "
+            "reports in an old spool were handled since and would be sent or matched again. Units s, m, h, d.",
+            check=lambda value: None if duration_seconds(value) is not None else
+            f"expected a duration like \"26h\", \"2d\" or \"90m\"; got {value!r}",
         ),
     },
     "snapshot": {

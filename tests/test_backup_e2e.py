@@ -303,6 +303,13 @@ def test_a_user_without_reload_fails_before_anything_is_taken(emg, mariadb):
     mariadb.sql(f"CREATE USER '{user}'@'localhost' IDENTIFIED BY 'pw'; GRANT SELECT, PROCESS ON *.* TO '{user}'@'localhost';")
     (emg.tmp / "pw").write_text("pw\n")
     emg.write_config("none", f'[mysql]\nuser = "{user}"\nsocket = "{mariadb.socket}"\npassword_file = "{emg.tmp / "pw"}"\n')
+    # A password file others can read is refused before anything is tried.
+    (emg.tmp / "pw").chmod(0o644)
+    readable = emg.emg_borg("before-backup", check=False)
+    assert readable.returncode == 2
+    assert readable.stderr.strip().endswith(f"mysql.password_file: {emg.tmp / 'pw'} can be read by others (mode 644): "
+                                            f"chmod 600 {emg.tmp / 'pw'}")
+    (emg.tmp / "pw").chmod(0o600)
     result = emg.emg_borg("before-backup", check=False)
     assert result.returncode == 1
     assert "preflight check failed" in result.stderr and "lacks the RELOAD privilege" in result.stderr

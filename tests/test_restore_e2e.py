@@ -18,6 +18,12 @@ import pytest
 
 from conftest import Emg, borg_create_from, borg_extract_all, borg_list, run, run_emg_borg, start_named
 from emg_borg.demo import sample
+from emg_borg.plugins.seqno import DEFAULT_MARGIN
+
+
+def seqno(message_id: int) -> bytes:
+    """What restore writes to SPOOLDIR/seqno for `message_id` with the default margin."""
+    return b"%d\n" % (message_id + DEFAULT_MARGIN)
 
 pytestmark = pytest.mark.e2e
 
@@ -189,7 +195,7 @@ def test_restore_dry_run_changes_nothing(emg, mariadb, tmp_path):
     target.mkdir()
     result = emg.emg_borg("restore", "--repository", str(emg.repo), "--target", str(target), "--dry-run", "--json")
     report = json.loads(result.stdout)
-    assert report["dry_run"] is True and report["seqno"]["value"] == 1049
+    assert report["dry_run"] is True and report["seqno"]["value"] == 1049 + DEFAULT_MARGIN
     assert any("would load the dump" in line for line in report["done"])
     assert list(target.iterdir()) == []
     assert mariadb.sql(f"SHOW DATABASES LIKE '{emg.database}'") == ""
@@ -203,8 +209,8 @@ def test_newer_live_database_raises_the_written_id(emg, mariadb, tmp_path):
     target.mkdir()
 
     result = emg.emg_borg("restore", "--repository", str(emg.repo), "--target", str(target), "--skip-data")
-    seqno = target / rel(emg.tree.spooldir) / "seqno"
-    assert seqno.read_bytes() == b"5000\n"
+    seqno_path = target / rel(emg.tree.spooldir) / "seqno"
+    assert seqno_path.read_bytes() == seqno(5000)
     assert "the highest id in the live database 5000" in result.stdout
     assert "also seen: the archive's message id 1049" in result.stdout
     # --skip-data: configuration and seqno only; the live database was kept.
@@ -217,27 +223,37 @@ def test_newer_live_database_raises_the_written_id(emg, mariadb, tmp_path):
     again.mkdir()
     result = emg.emg_borg("restore", "--repository", str(emg.repo), "--target", str(again), "--skip-data",
                           "--message-id", "7000")
-    assert (again / rel(seqno.relative_to(target))).read_bytes() == b"7000\n"
+    assert (again / rel(seqno_path.relative_to(target))).read_bytes() == seqno(7000)
     assert "from --message-id 7000" in result.stdout
 
 
 @pytest.mark.parametrize("selection", [("--skip-data",), ("--categories", "config")], ids=["skip-data", "config"])
 def test_restore_without_data_keeps_the_live_message_id_counter(emg, mariadb, tmp_path, selection):
-    """The live spool stays, and its seqno.hdb counts on from ids newer than the archive: a
-    seqno file (read into seqno.hdb at start-up) would set the ids back, so none is written
-    unless --message-id is given."""
+    """The live spool stays, and its seqno.hdb counts on from ids newer than the archive: no
+    seqno is written for it unless --message-id is given. But a pending seqno file (read into
+    seqno.hdb at the next start) below the highest id known is raised, never left below it."""
     emg.borgmatic_create()
     mariadb.sql("INSERT INTO routelog (id, connector) VALUES (5000, 'mgp-in1')", emg.database)
-    result = emg.emg_borg("restore", "--repository", str(emg.repo), *selection)
     spool = emg.tree.spooldir
-    assert (spool / "seqno").read_bytes() == b"1\n"  # the sample's stale file, untouched and pointed out
-    assert f"{spool / 'seqno'} exists and emgd reads it into seqno.hdb at start-up" in result.stdout
-    assert f"wrote no {spool / 'seqno'}: the live message id counter {spool / 'seqno.hdb'} was kept" in result.stdout
+    assert (spool / "seqno").read_bytes() == b"1\n"  # the sample's stale pending file
+    result = emg.emg_borg("restore", "--repository", str(emg.repo), *selection)
+    assert (spool / "seqno").read_bytes() == seqno(5000)
+    assert (f"raised the pending {spool / 'seqno'} from 1 to {5000 + DEFAULT_MARGIN} (the highest id in the live "
+            f"database 5000 + margin {DEFAULT_MARGIN}") in result.stdout
     assert f"left the live spool {spool} as it is" in result.stdout and "recreates empty" not in result.stdout
-    assert "wrote " + str(spool / "seqno") not in result.stdout
+
+    # A pending seqno already above every known id is left as it is, and none is written without one.
+    (spool / "seqno").write_text(f"{10**12}\n")
+    result = emg.emg_borg("restore", "--repository", str(emg.repo), *selection)
+    assert (spool / "seqno").read_bytes() == b"%d\n" % 10**12
+    assert f"left the pending {spool / 'seqno'} = {10**12}" in result.stdout
+    (spool / "seqno").unlink()
+    result = emg.emg_borg("restore", "--repository", str(emg.repo), *selection)
+    assert not (spool / "seqno").exists()
+    assert f"wrote no {spool / 'seqno'}: the live message id counter {spool / 'seqno.hdb'} was kept" in result.stdout
 
     result = emg.emg_borg("restore", "--repository", str(emg.repo), *selection, "--message-id", "9000")
-    assert (spool / "seqno").read_bytes() == b"9000\n"
+    assert (spool / "seqno").read_bytes() == seqno(9000)
     assert "from --message-id 9000" in result.stdout
 
 
@@ -260,7 +276,7 @@ def test_non_empty_database_is_replaced_only_with_force_database(emg, mariadb, t
     assert mariadb.sql("SHOW TABLES LIKE 'extra_live'", emg.database) == ""
     assert "(5 tables)" in result.stdout and "dropped the database" in result.stdout
     # The id read before the dump replaced the table still wins.
-    assert (target / rel(emg.tree.spooldir) / "seqno").read_bytes() == b"5000\n"
+    assert (target / rel(emg.tree.spooldir) / "seqno").read_bytes() == seqno(5000)
     assert "loaded the dump" in result.stdout
 
 
@@ -299,16 +315,22 @@ def test_restore_with_database_unreachable_restores_files_and_says_what_is_left(
     emg.write_config("none", "[mysql]\nport = 1\n")  # [mysql] overrides the archived DB profile
     target = tmp_path / "target"
     target.mkdir()
-    result = emg.emg_borg("restore", "--repository", str(emg.repo), "--target", str(target))
-    assert "cannot read the live message id: cannot connect to MySQL" in result.stderr
-    assert (target / rel(emg.tree.spooldir) / "seqno").read_bytes() == b"1049\n"
+    # The live database might hold newer ids: without --message-id the restore stops, writing nothing.
+    refused = emg.emg_borg("restore", "--repository", str(emg.repo), "--target", str(target), check=False)
+    assert refused.returncode == 1 and list(target.iterdir()) == []
+    [error] = error_lines(refused)
+    assert error.startswith("emg-borg: error: cannot read the live database's highest message id: cannot connect")
+    assert "pass --message-id N" in error
+    result = emg.emg_borg("restore", "--repository", str(emg.repo), "--target", str(target), "--message-id", "1200")
+    assert (target / rel(emg.tree.spooldir) / "seqno").read_bytes() == seqno(1200)
     assert set(config_files(emg)) <= set(files_under(target))
     assert "load the database dump once MySQL runs" in result.stdout
     assert "the live database could not be read" in result.stdout
     # Asked for explicitly, the database step is a failure, before anything is written.
     again = tmp_path / "again"
     again.mkdir()
-    failed = emg.emg_borg("restore", "--repository", str(emg.repo), "--target", str(again), "--database", check=False)
+    failed = emg.emg_borg("restore", "--repository", str(emg.repo), "--target", str(again), "--database",
+                          "--message-id", "1200", check=False)
     assert failed.returncode == 1 and "cannot connect to MySQL" in error_lines(failed)[0]
     assert list(again.iterdir()) == []
 
@@ -394,7 +416,7 @@ def test_restore_into_a_mounted_spool_keeps_the_old_content_in_a_hidden_director
         aside, = [p for p in spool.iterdir() if p.name.startswith(".emg-borg-before-restore-")]
         assert (aside / "queue-stale.hdb").read_bytes() == b"stale"
         assert not (spool / "queue-stale.hdb").exists()
-        assert (spool / "seqno").read_bytes() == b"1049\n"
+        assert (spool / "seqno").read_bytes() == seqno(1049)
         assert f"moved the existing spool {spool} aside to {aside}" in result.stderr
         assert os.path.ismount(spool)
     finally:
@@ -454,8 +476,8 @@ def test_restore_in_place_repairs_the_live_installation(emg, mariadb):
 
     result = emg.emg_borg("restore", "--repository", str(emg.repo))
     assert {rel(tree.spooldir / k): v for k, v in files_under(tree.spooldir).items() if k != "seqno"} == expected_spool
-    assert (tree.spooldir / "seqno").read_bytes() == b"1500\n"
-    assert f"wrote {tree.spooldir / 'seqno'} = 1500 from the highest id in the live database 1500" in result.stdout
+    assert (tree.spooldir / "seqno").read_bytes() == seqno(1500)
+    assert f"wrote {tree.spooldir / 'seqno'} = {1500 + DEFAULT_MARGIN} from the highest id in the live database 1500 + margin {DEFAULT_MARGIN}" in result.stdout
     assert (tree.logdir / "general").exists()  # logs were never touched
 
 
@@ -523,7 +545,7 @@ def test_message_id_out_of_range_is_a_usage_error(emg, mariadb, tmp_path):
         assert list(target.iterdir()) == []
     result = emg.emg_borg("restore", "--repository", str(emg.repo), "--target", str(target), "--archive", on_node_3,
                           "--skip-data", "--message-id", str(3 * 10**16 + 7000))
-    assert (target / rel(emg.tree.spooldir) / "seqno").read_bytes() == b"%d\n" % (3 * 10**16 + 7000)
+    assert (target / rel(emg.tree.spooldir) / "seqno").read_bytes() == seqno(3 * 10**16 + 7000)
 
 
 @pytest.mark.parametrize("command", ["restore", "verify"])
@@ -712,3 +734,29 @@ def test_manifest_format_1_archives_still_list_verify_and_restore_and_a_newer_fo
     listed = emg.emg_borg("archives", "--repository", str(emg.repo), "--json")
     assert future not in [row["name"] for row in json.loads(listed.stdout)]
     assert f"archive {future}: manifest format_version 99 is newer" in listed.stderr
+
+
+def test_an_old_spool_is_not_restored_blindly(emg, mariadb, tmp_path):
+    emg.borgmatic_create()
+    work = borg_extract_all(emg.repo, newest(emg), tmp_path / "work")
+    three_days_ago = (datetime.datetime.now() - datetime.timedelta(days=3)).strftime("%Y-%m-%dT%H:%M:%S")
+    entries = sorted(p.name for p in work.iterdir())
+    subprocess.run(["borg", "create", "--timestamp", three_days_ago, f"{emg.repo}::old", *entries], cwd=work,
+                   check=True, capture_output=True)
+    target = tmp_path / "target"
+    target.mkdir()
+    refused = emg.emg_borg("restore", "--repository", str(emg.repo), "--archive", "old", "--target", str(target),
+                           "--message-id", "2000", check=False)
+    assert refused.returncode == 1 and list(target.iterdir()) == []
+    [error] = error_lines(refused)
+    assert error.startswith("emg-borg: error: archive old is 3.0 days old, more than [restore] max_spool_age (26h): "
+                            "its spool holds queued messages and delivery reports that were handled since")
+    assert "Restore with --skip-data" in error and "--old-spool" in error
+
+    skipped = emg.emg_borg("restore", "--repository", str(emg.repo), "--archive", "old", "--target", str(target),
+                           "--skip-data", "--message-id", "2000")
+    assert "3.0 days old" in skipped.stdout
+    assert not (target / rel(emg.tree.spooldir) / "queue-0000.hdb").exists()
+    forced = emg.emg_borg("restore", "--repository", str(emg.repo), "--archive", "old", "--target", str(target),
+                          "--old-spool", "--message-id", "2000")
+    assert forced.returncode == 0 and (target / rel(emg.tree.spooldir) / "queue-0000.hdb").exists()

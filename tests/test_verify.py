@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import pytest
-
-from emg_borg.errors import UsageError
 from emg_borg.external.mysql import Connection
-from emg_borg.lifecycle import verify
+from emg_borg.plugins.mysql import restore as verify
 
 
 def test_scratch_db_spec():
@@ -17,8 +14,8 @@ def test_scratch_db_spec():
     assert (other.host, other.port, other.user, other.password) == ("127.0.0.1", 3307, "root", None)
     sock = verify.parse_scratch_db("root@socket:/run/mysqld/mysqld.sock/drill", base)
     assert (sock.socket, sock.host, sock.database) == ("/run/mysqld/mysqld.sock", None, "drill")
-    with pytest.raises(UsageError, match="--scratch-db"):
-        verify.parse_scratch_db("drill; DROP DATABASE emg", base)
+    assert verify.scratch_db_problem("drill; DROP DATABASE emg").startswith("--scratch-db 'drill; DROP DATABASE emg'")
+    assert verify.scratch_db_problem("root@127.0.0.1:3307/drill") is None
 
 
 def test_a_bad_scratch_db_is_refused_before_any_work(tmp_path):

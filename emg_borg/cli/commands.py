@@ -144,7 +144,7 @@ def restore_archive(args, manager) -> int:
     request = restore.RestoreRequest(
         selection=_selection(args), categories=args.categories, skip_data=args.skip_data, message_id=args.message_id,
         load_database=args.database, force_database=args.force_database, force=args.force, target=args.target,
-        dry_run=args.dry_run,
+        dry_run=args.dry_run, old_spool=args.old_spool,
     )
     result = restore.restore(_config(args, manager, required=False), manager, request)
     if args.json:
@@ -153,7 +153,8 @@ def restore_archive(args, manager) -> int:
     heading = "dry run: would restore" if result.dry_run else "restored"
     if result.not_restored:
         heading = f"restore INCOMPLETE ({len(result.not_restored)} path(s) could not be written): restored"
-    print(f"{heading} from {result.archive} ({result.time}, message id {result.message_id}) into {result.target}")
+    print(f"{heading} from {result.archive} ({result.time}, {result.age} old, message id {result.message_id}) into "
+          f"{result.target}")
     for line in result.done:
         print(f"  done: {line}")
     print("still to do:")

@@ -117,6 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force-database", action="store_true",
                    help="drop a non-empty database and recreate it from the dump (implies --database)")
     p.add_argument("--force", action="store_true", help="restore even while emgd runs")
+    p.add_argument("--old-spool", action="store_true",
+                   help="restore a spool older than [restore] max_spool_age (its messages may be sent twice)")
     p.add_argument("--target", default="/", help=argparse.SUPPRESS)  # tests restore into a chroot-like tree
     p.add_argument("--dry-run", action="store_true", help="say what would be done; change nothing")
     p.add_argument("--json", action="store_true", help=JSON_HELP)

@@ -85,9 +85,17 @@ class Ledger:
                 if (owner is None or e["owner"] == owner) and (kind is None or e["kind"] == kind)]
 
     def remove(self, entry: dict) -> None:
+        """Forget a released resource. When the file cannot be rewritten (a full disk: the
+        staging area is released last) the entry is forgotten here and the file catches up at the
+        next save or is deleted when empty; the resource is gone either way."""
         if entry in self.entries:
             self.entries.remove(entry)
-            self.save()
+            try:
+                self.save()
+            except OSError:
+                self.unsaved = True
+
+    unsaved = False
 
     def delete(self) -> None:
         with contextlib.suppress(FileNotFoundError):

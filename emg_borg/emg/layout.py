@@ -142,6 +142,10 @@ def discover(emg: dict, environ=os.environ) -> Layout:
     else:
         spooldir, spool_why = emgdir / "spool", "default EMGDIR/spool"
 
+    if _real(spooldir) == Path("/") or within(_real(emgdir), _real(spooldir)):
+        where = spool_entry.line if spool_why.startswith("SPOOLDIR") else None
+        raise ConfigError(f"SPOOLDIR {spooldir} resolves to {_real(spooldir)}, which holds EMGDIR or is /: refusing to "
+                          f"treat it as the spool", cfg_path if where else None, where)
     logdir, log_why = _find_logdir(emg, emgdir, environ)
     bindir = None
     if emg.get("bindir"):
@@ -173,6 +177,10 @@ def discover(emg: dict, environ=os.environ) -> Layout:
 
     references = list(_references(cfg, emgdir))
     for ref in references:
+        real = _real(ref.path)
+        if real == Path("/") or within(_real(emgdir), real):
+            raise ConfigError(f"{ref.keyword}={ref.value} resolves to {real}, which holds EMGDIR or is /: a file "
+                              f"server.cfg refers to cannot be that", cfg_path, ref.line)
         if not ref.exists:
             logger.warning(
                 "%s:%d: %s=%s names %s, which does not exist", cfg_path, ref.line, ref.keyword, ref.value, ref.path

@@ -22,7 +22,7 @@ def parse_message_id(text: str, source: str) -> int:
     try:
         value = int(lines[-1])
     except ValueError:
-        raise EmgBorgError(f"{source} printed {lines[-1][:80]!r}, not a message id (one decimal number)")
+        raise EmgBorgError(f"{source} printed {lines[-1][:32]!r}, not a message id (one decimal number)")
     if value < 0:
         raise EmgBorgError(f"{source} printed a negative message id {value}")
     if value > MAX_MESSAGE_ID:

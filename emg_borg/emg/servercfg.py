@@ -80,6 +80,8 @@ def parse(text: str, path: Path) -> ServerCfg:
     blocks: list[Block] = []
     current: Block | None = None
     for number, raw in enumerate(text.splitlines(), 1):
+        if "\0" in raw:
+            raise ConfigError("a NUL byte: server.cfg is text", path, number)
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
@@ -105,11 +107,16 @@ def parse(text: str, path: Path) -> ServerCfg:
         elif _FLAG.match(line):
             entry = Entry(line.upper(), None, number)
         else:
-            raise ConfigError(f"cannot parse {raw.strip()!r}: expected KEY=value, a flag, 'KIND label <' or '>'", path, number)
+            raise ConfigError(f"cannot parse {_shown(line)}: expected KEY=value, a flag, 'KIND label <' or '>'", path, number)
         (current.entries if current is not None else general).append(entry)
     if current is not None:
         raise ConfigError(f"block {current.kind} {current.label} is never closed with '>'", path, current.line)
     return ServerCfg(Path(path), general, blocks)
+
+
+def _shown(text: str, limit: int = 60) -> str:
+    """A line quoted for an error message, cut short: a 5 MB line must not become a 5 MB message."""
+    return repr(text) if len(text) <= limit else repr(text[:limit]) + f"... ({len(text)} characters)"
 
 
 def read(path) -> ServerCfg:

@@ -145,9 +145,11 @@ class Dump:
         self._out.close()
         stderr = b"".join(stderr_lines).decode(errors="replace")
         if self.process.returncode != 0:
+            full = " (no space left on device where the dump is staged, " + str(os.path.dirname(self.path)) + ")" \
+                if "errno 28" in stderr.lower() else ""
             raise CommandError(
                 f"mysqldump of {self.database} failed (exit {self.process.returncode}): "
-                f"{last_line(stderr) or 'no error output'}",
+                f"{last_line(stderr) or 'no error output'}{full}",
                 self.process.returncode, stderr,
             )
         if not _ends_with_footer(self.path, self.FOOTER):

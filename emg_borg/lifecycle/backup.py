@@ -82,12 +82,19 @@ def before_backup(config, manager, *, dry_run=False, repository=None) -> dict:
             run.runtime.staging.mkdir(mode=0o700, parents=True)
             providers.drive(run, provider.name, provider.prepare(run))
             provider.clean_stale(run)
-            freeze(run, provider)
-            for found in run.hook.emg_borg_finish_dumps(run=run):
-                run.dumps.extend(found or ())
-            write_seqno(run)
-            manifest = write_manifest(run)
-            write_patterns(run)
+            try:
+                freeze(run, provider)
+                for found in run.hook.emg_borg_finish_dumps(run=run):
+                    run.dumps.extend(found or ())
+                run.step = "staging the seqno"
+                write_seqno(run)
+                run.step = "writing the manifest"
+                manifest = write_manifest(run)
+                run.step = "writing the patterns file"
+                write_patterns(run)
+            except OSError as error:
+                where = f" ({error.filename})" if error.filename else ""
+                raise EmgBorgError(f"{error.strerror or error} while {run.step}{where}") from error
     except BaseException as error:
         try:
             release_and_unlock(run, lock)

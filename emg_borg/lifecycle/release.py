@@ -41,6 +41,11 @@ def release_resources(run: BackupRun) -> None:
     providers.release_entries(run, known, _release_core)
     if not run.ledger.entries:
         run.ledger.delete()
+    elif run.ledger.unsaved:
+        try:
+            run.ledger.save()
+        except OSError as error:
+            run.release_errors.append(f"cannot update the ledger {run.ledger.path}: {error.strerror}")
     if run.release_errors:
         raise EmgBorgError("release incomplete: " + "; ".join(run.release_errors))
 

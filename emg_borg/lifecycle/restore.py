@@ -11,11 +11,13 @@ id above every id it has used (`restore_seqno`). The result is a checklist for t
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import logging
 import shutil
 import tempfile
 from pathlib import Path
 
+from emg_borg.config import duration_seconds
 from emg_borg.core import proc
 from emg_borg.core.host import machine_identity
 from emg_borg.core.manifest import Dump
@@ -47,12 +49,14 @@ class RestoreRequest:
     force: bool = False
     target: str = "/"
     dry_run: bool = False
+    old_spool: bool = False
 
 
 @dataclasses.dataclass
 class RestoreResult:
     archive: str
     time: str
+    age: str
     message_id: int | None
     target: str
     categories: list
@@ -79,6 +83,7 @@ def restore(config, manager, request: RestoreRequest) -> RestoreResult:
     running = check_emgd(request.force, request.dry_run, target)
     repository, archive = select(request.selection)
     selected = extraction.present(archive, tuple(c for c in category_module.CATEGORIES if c in selected))
+    age = check_spool_age(config, archive, "data" in selected, request.old_spool)
     run = RestoreRun(
         config=config, hook=manager.hook, repository=repository, archive=archive,
         layout=archived_layout(repository, archive), target=target, categories=selected, fetcher=lambda d: None,
@@ -99,7 +104,7 @@ def restore(config, manager, request: RestoreRequest) -> RestoreResult:
             raise
     run.todo("start emgd; it reads the seqno file into seqno.hdb at start-up")
     return RestoreResult(
-        archive=archive.name, time=archive.time.isoformat(timespec="seconds"), message_id=archive.manifest.get("message_id"),
+        archive=archive.name, time=archive.time.isoformat(timespec="seconds"), age=age, message_id=archive.manifest.get("message_id"),
         target=str(target), categories=list(selected), dry_run=run.dry_run, seqno={"value": seqno, "source": source},
         done=run.actions, todo=run.remaining, not_restored=run.unwritten,
     )
@@ -109,10 +114,11 @@ def _restore(run: RestoreRun, selected: tuple, given_id: int | None):
     check_machine(run)
     live_counter = run.live(run.layout.spooldir) / "seqno.hdb"
     keep_live_counter = "data" not in selected and given_id is None and live_counter.exists()
+    known, known_source = message_id(run, given_id)  # read before a dump could replace the database
     if keep_live_counter:
         seqno, source = None, f"the live message id counter {live_counter} is newer than the archive"
     else:
-        seqno, source = message_id(run, given_id)
+        seqno, source = known, known_source
     if "database" in selected:
         restore_dumps(run)
     if "data" not in selected:
@@ -122,7 +128,7 @@ def _restore(run: RestoreRun, selected: tuple, given_id: int | None):
         restore_files(run, files)
     run_deferred(run)
     if keep_live_counter:
-        keep_seqno(run, live_counter)
+        keep_seqno(run, live_counter, known, known_source)
     else:
         write_seqno(run, seqno, source)
     return seqno, source
@@ -173,6 +179,32 @@ def run_deferred(run: RestoreRun) -> None:
         return
     for _, step in run.deferred:
         step()
+
+
+def human_age(seconds: float) -> str:
+    if seconds < 3600:
+        return f"{seconds / 60:.0f} minutes"
+    if seconds < 2 * 86400:
+        return f"{seconds / 3600:.1f} hours"
+    return f"{seconds / 86400:.1f} days"
+
+
+def check_spool_age(config, archive: Archive, restoring_spool: bool, old_spool: bool) -> str:
+    """Say how old the archive is; refuse an old spool unless the operator means it. Queues are
+    short-lived and open delivery reports live up to days (the vendor note): an old spool holds
+    messages that were sent since and would be sent again."""
+    seconds = (datetime.datetime.now().astimezone() - archive.time).total_seconds()
+    age = human_age(max(0.0, seconds))
+    logger.info("archive %s is %s old", archive.name, age)
+    limit = duration_seconds(config["restore"]["max_spool_age"])
+    if restoring_spool and seconds > limit and not old_spool:
+        raise EmgBorgError(
+            f"archive {archive.name} is {age} old, more than [restore] max_spool_age "
+            f"({config['restore']['max_spool_age']}): its spool holds queued messages and delivery reports that "
+            f"were handled since and would be sent or matched again. Restore with --skip-data (configuration, "
+            f"database and message id, keeping the live spool), or pass --old-spool if you mean it"
+        )
+    return age
 
 
 def check_emgd(force: bool, dry_run: bool, target: Path) -> list[int]:

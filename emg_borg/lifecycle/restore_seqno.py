@@ -14,7 +14,7 @@ from pathlib import Path
 from emg_borg.core.files import write_atomic
 from emg_borg.core.run import RestoreRun
 from emg_borg.emg.message_ids import MAX_MESSAGE_ID, node_range
-from emg_borg.errors import UsageError
+from emg_borg.errors import EmgBorgError, UsageError
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +46,16 @@ def message_id(restore: RestoreRun, given: int | None) -> tuple[int | None, str]
         candidates.append((int(archived), "the archive's message id"))
     elif archived is not None:
         logger.warning("the archive's message id is %s: no message id was captured at the backup", archived)
-    live = restore.hook.emg_borg_live_message_id(restore=restore)
+    try:
+        live = restore.hook.emg_borg_live_message_id(restore=restore)
+    except EmgBorgError as error:
+        if given is None:
+            raise EmgBorgError(f"{error}. The live database may hold ids newer than the archive; a seqno below them "
+                               f"would make emgd hand them out again. Make the database readable, or pass "
+                               f"--message-id N (the highest id known to be used)")
+        logger.warning("%s; going on with --message-id %d", error, given)
+        restore.todo(f"the live database could not be read ({error}); the seqno rests on --message-id {given}")
+        live = None
     if live is not None and int(live) > 0:
         candidates.append((int(live), "the highest id in the live database"))
     if given is not None:
@@ -73,28 +82,50 @@ def write_seqno(restore: RestoreRun, value: int | None, source: str) -> None:
     if restore.dry_run:
         restore.done(f"would write {path} = {value} ({source})")
         return
+    _write(restore, path, value)
+    restore.done(f"wrote {path} = {value} from {source}")
+
+
+
+
+def keep_seqno(restore: RestoreRun, counter: Path, value: int | None, source: str) -> None:
+    """The spool was not restored and its live `seqno.hdb` is there: it counts on from ids newer
+    than the archive, so no seqno is written for it. But a pending seqno file (an earlier
+    restore's, read into seqno.hdb at the next start) is never left below `value`, the highest
+    id known plus the margin."""
+    path = counter.parent / "seqno"
+    pending = _read_id(path)
+    if path.exists() and value is not None and (pending is None or pending < value):
+        if restore.dry_run:
+            restore.done(f"would raise the pending {path} from {pending} to {value} ({source})")
+            return
+        _write(restore, path, value)
+        logger.warning("raised the pending %s from %s to %d: emgd reads it at start-up", path, pending, value)
+        restore.done(f"raised the pending {path} from {pending} to {value} ({source}): emgd reads it into "
+                     f"{counter.name} at start-up, and it was below ids already used")
+        return
+    logger.warning("the spool was not restored and %s exists: not writing %s (pass --message-id N to write one)",
+                   counter, path)
+    restore.done(f"wrote no {path}: the live message id counter {counter} was kept, it is newer than the archive "
+                 f"(--message-id N writes a seqno anyway)")
+    if path.exists():
+        restore.done(f"left the pending {path} = {pending}: it is not below the highest id known ({source})")
+
+
+def _read_id(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _write(restore: RestoreRun, path: Path, value: int) -> None:
     spool = path.parent
     if not spool.is_dir():
         spool.mkdir(parents=True, mode=0o755)
         restore.todo(f"{spool} was created owned by root: give it to the user emgd runs as")
     owner = spool.stat()
     write_atomic(path, f"{value}\n", 0o644, owner=(owner.st_uid, owner.st_gid))
-    restore.done(f"wrote {path} = {value} from {source}")
-
-
-
-
-def keep_seqno(restore: RestoreRun, counter: Path) -> None:
-    """The spool was not restored and its live `seqno.hdb` is there: it counts on from ids newer
-    than the archive, and a seqno file (read into it at start-up) could only set it back."""
-    path = counter.parent / "seqno"
-    logger.warning("the spool was not restored and %s exists: not writing %s (pass --message-id N to write one)",
-                   counter, path)
-    restore.done(f"wrote no {path}: the live message id counter {counter} was kept, it is newer than the archive "
-                 f"(--message-id N writes a seqno anyway)")
-    if path.exists():
-        restore.todo(f"{path} exists and emgd reads it into {counter.name} at start-up: check that it holds the last "
-                     f"message id, or remove it")
 
 
 def _no_seqno(restore: RestoreRun, path: Path, source: str) -> None:

@@ -14,6 +14,7 @@ from emg_borg.plugins.mysql.message_id import node_query
 from emg_borg.plugins.mysql.settings import connection_settings, query_one
 
 logger = logging.getLogger(__name__)
+ER_NO_SUCH_TABLE = 1146
 
 
 def quote_name(name: str) -> str:
@@ -55,14 +56,13 @@ def load_into(config, settings: mysql.Connection, dump_path, connection) -> int:
 
 
 def live_message_id(restore) -> int | None:
+    """The live database's highest id of this node; None when the database or its table is
+    absent or empty. A database that cannot be read raises: the restore must not guess."""
     settings = connection_settings(restore.config, restore.layout)
     try:
         connection = server_connection(settings)
     except EmgBorgError as error:
-        logger.warning("cannot read the live message id: %s", error)
-        restore.todo("the live database could not be read: if it holds message ids above the one written to seqno, "
-                     "write a higher id into SPOOLDIR/seqno before starting emgd")
-        return None
+        raise EmgBorgError(f"cannot read the live database's highest message id: {error}")
     try:
         if not table_count(connection, settings.database):
             logger.info("live database %s does not exist or is empty: no live message id", settings.database)
@@ -71,9 +71,13 @@ def live_message_id(restore) -> int | None:
         query, args, _, _ = node_query(restore.config, restore.layout.node_id)
         try:
             row = query_one(connection, query, args)
-        except Exception as error:  # noqa: BLE001 - a missing table is as good as no id
-            logger.warning("cannot read the live message id: [seqno] query %r failed: %s", query, error)
-            return None
+        except Exception as error:  # noqa: BLE001 - PyMySQL's errors carry the server's code
+            if getattr(error, "args", (None,))[0] == ER_NO_SUCH_TABLE:
+                logger.info("live database %s has no table for [seqno] query %r: no live message id",
+                            settings.database, query)
+                return None
+            raise EmgBorgError(f"cannot read the live database's highest message id: [seqno] query {query!r} "
+                               f"failed: {error}")
         return int(row[0]) if row and row[0] is not None else None
     finally:
         connection.close()

@@ -64,9 +64,13 @@ def connection_settings(config, layout) -> mysql.Connection:
     if section["password_file"]:
         path = Path(section["password_file"])
         try:
+            mode = path.stat().st_mode
             lines = path.read_text().splitlines()
         except OSError as error:
             raise config.error("mysql", "password_file", f"cannot read {path}: {error.strerror}")
+        if mode & 0o077:
+            raise config.error("mysql", "password_file", f"{path} can be read by others (mode {mode & 0o777:o}): "
+                               f"chmod 600 {path}")
         password = lines[0] if lines else ""
     database = section["database"] or (db.database if db else None)
     if not database:
