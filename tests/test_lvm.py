@@ -78,6 +78,12 @@ class LvmWorld:
     def mount_targets(self) -> list[str]:
         return [m["target"] for m in self.state()["mounts"]]
 
+    def fail(self, command: str, message: str, code: int = 5, times: int = 1000) -> None:
+        """Make `command` refuse with `message` for its next `times` calls."""
+        state = self.state()
+        state.setdefault("fail", {})[command] = {"message": message, "code": code, "times": times}
+        self.save(state)
+
 
 @pytest.fixture
 def world(tmp_path, monkeypatch):
@@ -377,5 +383,45 @@ def test_an_overflowed_leftover_of_a_crashed_run_is_reported_before_removal(tmp_
     result = emg.emg_borg("before-backup")
     assert f"emg-borg: error: lvm: the leftover snapshot vg0/spool_{tag(emg)} had overflowed" in result.stderr
     assert "DO NOT TRUST the archive the crashed earlier run made" in result.stderr
+    emg.emg_borg("after-backup")
+    assert world.snapshots() == [] and leftovers(emg) == []
+
+
+@pytest.mark.parametrize("command, message, words", [
+    ("lvcreate", "  Insufficient free space: 25 extents needed, but only 3 available", "Insufficient free space"),
+    ("mount", "mount: /x: wrong fs type, bad option, bad superblock", "bad superblock"),
+])
+def test_a_failing_snapshot_or_mount_leaves_nothing_and_the_next_backup_works(tmp_path, world, command, message,
+                                                                              words):
+    spool_lv = tmp_path / "lvm" / "spool"
+    world.add_volume("vg0", "spool", spool_lv)
+    emg = Emg(tmp_path, None, provider="lvm", spooldir=spool_lv / "emg")
+    world.fail(command, message)
+    result = emg.emg_borg("before-backup", check=False)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("emg-borg: error:")]
+    assert result.returncode == 1 and len(errors) == 1 and words in errors[0], result.stderr
+    assert world.snapshots() == [] and leftovers(emg) == []
+    world.fail(command, message, times=0)
+    emg.emg_borg("before-backup")
+    emg.emg_borg("after-backup")
+    assert world.snapshots() == [] and leftovers(emg) == []
+
+
+def test_a_busy_mount_keeps_its_entries_for_the_next_release(tmp_path, world):
+    """umount refuses (target is busy) longer than the retries: after-backup fails naming it, the
+    snapshot and the ledger stay, and the next after-backup releases everything."""
+    spool_lv = tmp_path / "lvm" / "spool"
+    world.add_volume("vg0", "spool", spool_lv)
+    emg = Emg(tmp_path, None, provider="lvm", spooldir=spool_lv / "emg")
+    emg.emg_borg("before-backup")
+    world.fail("umount", f"umount: {view(emg, spool_lv)}: target is busy.", code=32)
+    result = emg.emg_borg("after-backup", check=False)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("emg-borg: error:")]
+    assert result.returncode == 1 and len(errors) == 1, result.stderr
+    assert "release incomplete: lvm: cannot release mount" in errors[0] and "target is busy" in errors[0]
+    snapshot = f"vg0/spool_{tag(emg)}"
+    assert world.snapshots() == [snapshot]  # not removed while its mount could not be released
+    assert (emg.runtime / "ledger.json").exists() and (emg.runtime / "lock").exists()
+    world.fail("umount", "", times=0)
     emg.emg_borg("after-backup")
     assert world.snapshots() == [] and leftovers(emg) == []

@@ -10,6 +10,7 @@ import itertools
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -442,3 +443,52 @@ def test_zfs_tests_skip_locally_but_fail_under_ci_when_zfs_fuse_cannot_be_used(t
         assert "1 error" in output and "skipped" not in output, output
     else:
         assert result.returncode == 0 and "1 skipped" in output, output
+
+
+def zfs_refusing(tmp_path, monkeypatch, subcommand: str, message: str) -> Path:
+    """A `zfs` first on PATH that refuses `subcommand` while the returned flag file exists."""
+    real = shutil.which("zfs")
+    fake = tmp_path / "fake-zfs"
+    fake.mkdir()
+    flag = tmp_path / f"refuse-{subcommand}"
+    flag.touch()
+    (fake / "zfs").write_text(f'#!/bin/sh\n[ "$1" = "{subcommand}" ] && [ -e {flag} ] && '
+                              f'{{ echo "{message}" >&2; exit 1; }}\nexec {real} "$@"\n')
+    (fake / "zfs").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake}{os.pathsep}{os.environ['PATH']}")
+    return flag
+
+
+@pytest.mark.parametrize("subcommand, message", [
+    ("snapshot", "cannot create snapshot: out of space"),
+    ("clone", "cannot create clone: permission denied"),
+])
+def test_a_failing_snapshot_or_clone_leaves_nothing_and_the_next_backup_works(tmp_path, pool, monkeypatch,
+                                                                              subcommand, message):
+    name, mount_point = pool
+    emg = Emg(tmp_path, None, provider="zfs", spooldir=mount_point / "spool" / "emg")
+    flag = zfs_refusing(tmp_path, monkeypatch, subcommand, message)
+    result = emg.emg_borg("before-backup", check=False)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("emg-borg: error:")]
+    assert result.returncode == 1 and len(errors) == 1 and message in errors[0], result.stderr
+    assert zfs_all(name) == [name, f"{name}/spool"] and leftovers(emg) == []
+    flag.unlink()
+    emg.emg_borg("before-backup")
+    emg.emg_borg("after-backup")
+    assert zfs_all(name) == [name, f"{name}/spool"] and leftovers(emg) == []
+
+
+def test_a_refused_destroy_stays_in_the_ledger_and_the_next_release_removes_it(tmp_path, pool, monkeypatch):
+    name, mount_point = pool
+    emg = Emg(tmp_path, None, provider="zfs", spooldir=mount_point / "spool" / "emg")
+    emg.emg_borg("before-backup")
+    flag = zfs_refusing(tmp_path, monkeypatch, "destroy", "cannot destroy: dataset is busy")
+    result = emg.emg_borg("after-backup", check=False)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("emg-borg: error:")]
+    assert result.returncode == 1 and len(errors) == 1 and "release incomplete" in errors[0], result.stderr
+    assert "dataset is busy" in errors[0]
+    assert f"{name}/spool@{tag(emg)}" in zfs_all(name)
+    assert (emg.runtime / "ledger.json").exists() and (emg.runtime / "lock").exists()
+    flag.unlink()
+    emg.emg_borg("after-backup")
+    assert zfs_all(name) == [name, f"{name}/spool"] and leftovers(emg) == []

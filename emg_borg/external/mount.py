@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
 from emg_borg.errors import CommandError
+from emg_borg.external import findmnt
 from emg_borg.external.execute import run
 
 
@@ -27,7 +27,9 @@ def umount(target: Path, attempts: int = 5) -> None:
             run(("umount", str(target)), what=f"unmounting {target}")
             return
         except CommandError as error:
-            if not os.path.ismount(target):
+            # Asked of the mount table (findmnt), the same source the release consulted: a bind
+            # mount of a directory on the same file system is not seen by os.path.ismount.
+            if not findmnt.is_mount_point(target):
                 return
             if attempt == attempts - 1:
                 raise error

@@ -202,6 +202,11 @@ def main(argv) -> int:
         state = json.loads(state_path.read_text())
         state["calls"].append([command, *args])
         try:
+            # A test's injected failure: {"fail": {command: {"message": ..., "code": ..., "times": n}}}
+            failure = state.get("fail", {}).get(command)
+            if failure and failure.get("times", 1) > 0:
+                failure["times"] = failure.get("times", 1) - 1
+                raise Refused(failure["message"], failure.get("code", 5))
             code = COMMANDS[command](state, args)
         except Refused as refusal:
             print(str(refusal), file=sys.stderr)
