@@ -34,7 +34,11 @@ def _config(args, manager, required=True):
 
 
 def before_backup(args, manager) -> int:
-    result = backup.before_backup(_config(args, manager), manager, dry_run=args.dry_run, repository=args.repository)
+    config = _config(args, manager)
+    if args.dry_run:
+        result = backup.before_backup(config, manager, dry_run=True, repository=args.repository)
+    else:
+        result = backup.before_backup_reported(config, manager, repository=args.repository)
     if args.dry_run and not args.json:
         logger.info("dry run: nothing changed. Would back up %s with snapshot provider %s:",
                     ", ".join(result["categories"]), result["snapshot_provider"])
@@ -53,7 +57,7 @@ def before_backup(args, manager) -> int:
 
 def release_run(args, manager) -> int:
     outcome = release.release_backup(_config(args, manager), manager, force=args.force, repository=args.repository,
-                                     dry_run=args.dry_run)
+                                     dry_run=args.dry_run, command=args.command)
     logger.info("%s: %s", args.command, outcome)
     return EXIT_OK
 
