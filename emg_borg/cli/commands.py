@@ -9,7 +9,7 @@ import os
 import sys
 
 from emg_borg.errors import EXIT_FAILURE, EXIT_OK, EmgBorgError
-from emg_borg.lifecycle import archives, backup, extract, release, restore, session, verify
+from emg_borg.lifecycle import archives, backup, doctor, extract, release, restore, session, verify
 from emg_borg.lifecycle.providers import check_configured
 
 logger = logging.getLogger("emg_borg")
@@ -87,6 +87,16 @@ def discover(args, manager) -> int:
             out.write(f"  line {ref['line']:<4} {ref['keyword']}={ref['value']}{where} -> {ref['path']} "
                       f"[{ref['category']}]{missing}\n")
     return EXIT_OK
+
+
+def check_installation(args, manager) -> int:
+    checks = doctor.doctor(args.config, manager, args.borgmatic_config)
+    if args.json:
+        print_json({"ok": not doctor.failed(checks), "checks": [check.to_dict() for check in checks]})
+    else:
+        for check in checks:
+            print(f"{check.status:<4} {check.name:<13} {check.detail}")
+    return EXIT_FAILURE if doctor.failed(checks) else EXIT_OK
 
 
 def config(args, manager) -> int:
@@ -187,6 +197,7 @@ COMMANDS = {
     "after-backup": release_run,
     "on-error": release_run,
     "discover": discover,
+    "doctor": check_installation,
     "config": config,
     "archives": list_archives,
     "patterns": patterns,

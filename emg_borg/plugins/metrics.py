@@ -64,10 +64,12 @@ def emg_borg_preflight(run):
     when the metrics cannot be written."""
     run.state(NAME)["provider"] = run.provider
     textfile = run.config["metrics"]["textfile"]
-    if textfile and not os.access(Path(textfile).parent, os.W_OK):
+    if not textfile:
+        return None
+    if not os.access(Path(textfile).parent, os.W_OK):
         logger.warning("[metrics] textfile: cannot write into %s (missing or not writable); this run's metrics will "
                        "not be written", Path(textfile).parent)
-    return None
+    return []
 
 
 @hookimpl(tryfirst=True)
