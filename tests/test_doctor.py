@@ -83,6 +83,29 @@ def test_a_spool_on_a_file_system_without_snapshots_with_provider_auto(tmp_path,
         f"inconsistent spool"))]
 
 
+def test_a_provider_that_does_not_handle_the_spool_s_file_system(tmp_path, mariadb):
+    emg = Emg(tmp_path, mariadb, provider="btrfs")
+    spool = emg.tree.spooldir
+    target = subprocess.run(["findmnt", "-n", "-o", "TARGET", "-T", str(spool)], capture_output=True, text=True).stdout.strip()
+    result = doctor(emg)
+    assert result.returncode == 1
+    assert failures(result) == [line("FAIL", "snapshot", f"cannot snapshot: [snapshot] provider btrfs does not handle "
+                                                         f"SPOOLDIR's file system, {fstype_of(spool)} ({target})")]
+
+
+@pytest.mark.loop
+def test_a_spool_on_btrfs_passes_with_provider_auto(tmp_path, mariadb, btrfs_mount):
+    emg = Emg(tmp_path, mariadb, provider="auto", spooldir=btrfs_mount / "spool" / "emg")
+    result = doctor(emg)
+    assert result.returncode == 0, result.stdout
+    out = result.stdout.splitlines()
+    assert line("ok", "spool", f"{emg.tree.spooldir} on btrfs ({btrfs_mount})") in out
+    assert line("ok", "snapshot", "provider btrfs") in out
+    assert [text for text in out if not text.startswith("ok")] == [
+        line("warn", "borgmatic", "its configuration was not checked (pass --borgmatic-config FILE)")]
+    assert leftovers(emg) == []
+
+
 def test_a_wrong_database_password(emg, mariadb):
     emg.tree.server_cfg.write_text(emg.tree.server_cfg.read_text().replace(f"PASSWORD={sample.DB_PASSWORD}", "PASSWORD=wrong"))
     result = doctor(emg)

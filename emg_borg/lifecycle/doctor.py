@@ -17,7 +17,8 @@ from emg_borg.errors import CommandError, EmgBorgError
 from emg_borg.external import borg, findmnt
 from emg_borg.external.execute import run as run_command
 from emg_borg.lifecycle import backup, doctor_borgmatic, providers, session
-from emg_borg.lifecycle.checks import FAIL, OK, WARN, Check, failed, warnings_as_checks  # noqa: F401 - failed re-exported
+from emg_borg.lifecycle.checks import FAIL, OK, WARN, Check, warnings_as_checks
+from emg_borg.lifecycle.checks import failed  # noqa: F401 - for the command line
 from emg_borg.lifecycle.extract import human_size
 
 BORG_NEEDED = (1, 4)  # borg 1.4: the `/./` roots of the patterns file
@@ -68,6 +69,10 @@ def snapshot_checks(run) -> list[Check]:
             provider = providers.resolve(run)
             run.provider = provider.name
             problems = provider.preflight(run)
+            chosen = run.config["snapshot"]["provider"] not in ("auto", "none")  # auto chose by claims already
+            if chosen and mount and not provider.claims(run, mount.fstype):
+                problems.insert(0, f"cannot snapshot: [snapshot] provider {provider.name} does not handle SPOOLDIR's "
+                                   f"file system, {mount.fstype} ({mount.target})")
         except EmgBorgError as error:
             return checks + [Check("snapshot", FAIL, f"cannot snapshot: {error}")]
     if problems:
@@ -154,5 +159,6 @@ def plugin_checks(run, manager) -> list[Check]:
             except Exception as error:  # noqa: BLE001 - a plugin's bug is its failed check
                 problems = [f"preflight raised {type(error).__name__}: {error}"]
         if problems is not None:
-            checks += [Check(name, FAIL, problem) for problem in problems] or [Check(name, OK, "preflight checks passed")]
+            passed = [Check(name, OK, "preflight checks passed")]
+            checks += [Check(name, FAIL, problem) for problem in problems] or passed
     return checks
