@@ -29,8 +29,11 @@ def failures(result) -> list[str]:
     return [text for text in result.stdout.splitlines() if text.startswith("FAIL")]
 
 
-def fstype_of(path) -> str:
-    return subprocess.run(["findmnt", "-n", "-o", "FSTYPE", "-T", str(path)], capture_output=True, text=True).stdout.strip()
+def mount_of(path) -> tuple[str, str]:
+    """The type and mount point of the file system holding `path`."""
+    out = subprocess.run(["findmnt", "-n", "-o", "FSTYPE,TARGET", "-T", str(path)], capture_output=True, text=True).stdout
+    fstype, target = out.split(None, 1)
+    return fstype, target.strip()
 
 
 def test_a_sound_installation_passes_with_a_warning_for_provider_none(emg):
@@ -41,7 +44,7 @@ def test_a_sound_installation_passes_with_a_warning_for_provider_none(emg):
     out = result.stdout.splitlines()
     assert failures(result) == []
     assert line("warn", "snapshot", "provider none: the live spool is copied while emgd may change it (not consistent); "
-                f"use it only where SPOOLDIR's file system ({fstype_of(emg.tree.spooldir)}) cannot be snapshotted") in out
+                f"use it only where SPOOLDIR's file system ({mount_of(emg.tree.spooldir)[0]}) cannot be snapshotted") in out
     assert line("ok", "mysql", "preflight checks passed") in out
     assert line("ok", "patterns_from", f"{config} reads {emg.runtime / 'patterns'}") in out
     for phase, place in (("before-backup", "before: action"), ("after-backup", "after: action"), ("on-error", "after: error")):
@@ -74,23 +77,22 @@ def test_an_invalid_configuration_is_a_failed_check_not_a_usage_error(emg):
 def test_a_spool_on_a_file_system_without_snapshots_with_provider_auto(tmp_path, mariadb):
     emg = Emg(tmp_path, mariadb, provider="auto")
     spool = emg.tree.spooldir
-    target = subprocess.run(["findmnt", "-n", "-o", "TARGET", "-T", str(spool)], capture_output=True, text=True).stdout.strip()
+    fstype, target = mount_of(spool)
     result = doctor(emg)
     assert result.returncode == 1
     assert failures(result) == [line("FAIL", "snapshot", (
-        f"cannot snapshot: SPOOLDIR {spool} is on {fstype_of(spool)} ({target}), which emg-borg cannot snapshot; move "
+        f"cannot snapshot: SPOOLDIR {spool} is on {fstype} ({target}), which emg-borg cannot snapshot; move "
         f'the spool to btrfs, lvm, zfs, or set [snapshot] provider = "none" to knowingly back up the live, '
         f"inconsistent spool"))]
 
 
 def test_a_provider_that_does_not_handle_the_spool_s_file_system(tmp_path, mariadb):
     emg = Emg(tmp_path, mariadb, provider="btrfs")
-    spool = emg.tree.spooldir
-    target = subprocess.run(["findmnt", "-n", "-o", "TARGET", "-T", str(spool)], capture_output=True, text=True).stdout.strip()
+    fstype, target = mount_of(emg.tree.spooldir)
     result = doctor(emg)
     assert result.returncode == 1
     assert failures(result) == [line("FAIL", "snapshot", f"cannot snapshot: [snapshot] provider btrfs does not handle "
-                                                         f"SPOOLDIR's file system, {fstype_of(spool)} ({target})")]
+                                                         f"SPOOLDIR's file system, {fstype} ({target})")]
 
 
 @pytest.mark.loop
