@@ -67,7 +67,7 @@ def test_a_failed_run_keeps_the_last_success_and_says_it_failed(tmp_path, mariad
     prom = prom_dir / "emg_borg.prom"
     emg = Emg(tmp_path, mariadb, extra_config=metrics_config(prom))
     emg.borgmatic_create()
-    good = samples(prom)
+    good, inode = samples(prom), prom.stat().st_ino
 
     emg.write_config("none", metrics_config(prom) + '[seqno]\ncommand = "false"\n')
     result = emg.borgmatic_create(check=False)
@@ -80,7 +80,8 @@ def test_a_failed_run_keeps_the_last_success_and_says_it_failed(tmp_path, mariad
     # The failed run captured no message id and made no dump: the last ones stay.
     assert failed["emg_borg_message_id"] == good["emg_borg_message_id"]
     assert failed["emg_borg_dump_bytes"] == good["emg_borg_dump_bytes"]
-    assert [p.name for p in prom_dir.iterdir()] == ["emg_borg.prom"]
+    # Replaced by a rename (a new inode), never rewritten in place; no temporary file left.
+    assert prom.stat().st_ino != inode and [p.name for p in prom_dir.iterdir()] == ["emg_borg.prom"]
     assert len(borg_list(emg.repo)) == 1 and leftovers(emg) == []
 
 

@@ -50,9 +50,10 @@ def report(run: BackupRun, command: str, *, succeeded: bool, started: float | No
     """Call every plugin's `emg_borg_run_finished`, each on its own."""
     outcome = RunOutcome(command=command, succeeded=succeeded, finished=time.time(), started=started,
                          error=(str(error) or type(error).__name__) if error is not None else None, manifest=manifest)
+    given = {"run": run, "outcome": outcome}
     for impl in reversed(run.hook.emg_borg_run_finished.get_hookimpls()):
         try:
-            impl.function(run=run, outcome=outcome)
+            impl.function(*(given[name] for name in impl.argnames))  # as pluggy would: only what it asks for
         except Exception as failure:  # noqa: BLE001 - reporting must not change the run's result
             logger.warning("plugin %s could not record the end of the run: %s: %s", impl.plugin_name,
                            type(failure).__name__, failure)
