@@ -187,12 +187,12 @@ def borg_create_from(repo, archive, directory: Path) -> None:
     assert result.returncode == 0, result.stderr
 
 
-def start_named(binary: Path, *args) -> subprocess.Popen:
+def start_named(binary: Path, *args, cwd=None) -> subprocess.Popen:
     """Start `binary` and wait until the kernel shows its name: between fork and exec the child
     still carries the parent's name, and a process check in that moment would miss it."""
     import time
 
-    process = subprocess.Popen([str(binary), *map(str, args)])
+    process = subprocess.Popen([str(binary), *map(str, args)], cwd=cwd)
     comm = Path(f"/proc/{process.pid}/comm")
     deadline = time.monotonic() + 10
     while comm.read_text().strip() != binary.name[:15]:

@@ -467,9 +467,17 @@ def test_restore_refuses_while_emgd_runs(emg, tmp_path, daemon):
     fake = tmp_path / "bin" / daemon
     fake.parent.mkdir()
     shutil.copy("/bin/sleep", fake)
-    process = start_named(fake, 60)
     target = tmp_path / "target"
     target.mkdir()
+    # An emgd elsewhere on this host (another test run's, a real one) is not the target's.
+    elsewhere = start_named(fake, 60)
+    try:
+        dry = emg.emg_borg("restore", "--repository", str(emg.repo), "--target", str(target), "--dry-run")
+        assert f"emgd is running (pid {elsewhere.pid})" not in dry.stderr
+    finally:
+        elsewhere.kill()
+        elsewhere.wait()
+    process = start_named(fake, 60, cwd=target)  # the target's own emgd
     try:
         result = emg.emg_borg("restore", "--repository", str(emg.repo), "--target", str(target), check=False)
         assert result.returncode == 1

@@ -83,6 +83,23 @@ def is_emgd(name: str) -> bool:
     return name == "emgd" or name.startswith("emgd-")
 
 
-def emgd_pids(proc="/proc") -> list[int]:
-    """Ids of the running emgd processes, however the binary is named."""
-    return pids_matching(is_emgd, proc)
+def emgd_pids(proc="/proc", within=None) -> list[int]:
+    """Ids of the running emgd processes, however the binary is named. With `within` (a restore
+    into another root than `/`: a chroot, a new machine's disk mounted elsewhere) only those
+    running in that tree, by their root or working directory."""
+    found = pids_matching(is_emgd, proc)
+    if within is None or os.path.realpath(within) == "/":
+        return found
+    top = os.path.realpath(within)
+
+    def inside(pid: int) -> bool:
+        for link in ("root", "cwd"):
+            try:
+                path = os.path.realpath(os.readlink(os.path.join(proc, str(pid), link)))
+            except OSError:
+                continue
+            if path == top or path.startswith(top + os.sep):
+                return True
+        return False
+
+    return [pid for pid in found if inside(pid)]

@@ -37,6 +37,9 @@ class BackupRun:
     dumps: list[Dump] = dataclasses.field(default_factory=list)
     lock_state: str = "not used"
     freeze_window_ms: float | None = None
+    freeze_deadline: float | None = None  # time.monotonic() by which the consistency point must end
+    step: str = "start"  # what the run is doing (named when a bound is passed)
+    warnings: list = dataclasses.field(default_factory=list)  # for the log and the manifest
     repository: str | None = None
     plugin_state: dict = dataclasses.field(default_factory=dict)  # per-plugin scratch space
     release_errors: list = dataclasses.field(default_factory=list)  # releases that failed

@@ -2,13 +2,41 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shlex
 import subprocess
+import time
 
 from emg_borg.errors import CommandError
 
 logger = logging.getLogger(__name__)
+
+# While a bounded step runs (the consistency point), every command must end by this moment
+# (time.monotonic()); a command still running then is killed.
+_deadline: list[float] = []
+
+
+@contextlib.contextmanager
+def deadline(at: float | None):
+    """Give every command run inside the block until `at` (time.monotonic()) at the latest."""
+    if at is None:
+        yield
+        return
+    _deadline.append(at)
+    try:
+        yield
+    finally:
+        _deadline.remove(at)
+
+
+def _bounded(timeout: float | None, shown: str) -> float | None:
+    if not _deadline:
+        return timeout
+    left = min(_deadline) - time.monotonic()
+    if left <= 0:
+        raise CommandError(f"{shown}: not started, the time limit of this step is over")
+    return left if timeout is None else min(timeout, left)
 
 
 def describe(argv) -> str:
@@ -30,6 +58,7 @@ def run(argv: tuple, *, input: str | None = None, env=None, pass_fds=(), check=T
     argv = tuple(str(a) for a in argv)
     shown = argv[0] + (" ..." if len(argv) > 1 else "") if secret_args else describe(argv)  # arguments may hold a password
     logger.debug("running: %s", shown)
+    timeout = _bounded(timeout, shown)
     try:
         result = subprocess.run(
             argv, input=input, env=env, pass_fds=pass_fds, capture_output=True, text=True,
@@ -38,7 +67,7 @@ def run(argv: tuple, *, input: str | None = None, env=None, pass_fds=(), check=T
     except FileNotFoundError:
         raise CommandError(f"{argv[0]}: command not found (is it installed and on PATH?)")
     except subprocess.TimeoutExpired:
-        raise CommandError(f"{what or argv[0]} timed out after {timeout} s: {shown}")
+        raise CommandError(f"{what or argv[0]} timed out after {timeout:.3g} s and was stopped: {shown}")
     if check and result.returncode != 0:
         reason = last_line(result.stderr) or last_line(result.stdout) or "no error output"
         raise CommandError(

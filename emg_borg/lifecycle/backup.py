@@ -21,6 +21,7 @@ from emg_borg.core.runtime import CORE, Ledger, RunLock, RuntimeDir, run_owner_p
 from emg_borg.core.signals import signals_raise
 from emg_borg.emg.categories import CATEGORIES
 from emg_borg.errors import EmgBorgError
+from emg_borg.external import execute
 from emg_borg.lifecycle import outcome, providers
 from emg_borg.lifecycle.release import release_and_unlock, release_resources
 
@@ -113,12 +114,21 @@ def freeze(run: BackupRun, provider) -> None:
     """Enter the consistency point: snapshot, message id and dump start describe one instant."""
     started = time.monotonic()
     with contextlib.ExitStack() as point:
+        run.step = "taking the consistency point's lock"
         for holder in run.hook.emg_borg_hold_consistency_point(run=run):
             if holder is not None:
                 point.enter_context(holder)
+        # A holder may bound the point (`run.freeze_deadline`): every command inside gets only
+        # the time left, and is stopped when it is over.
+        point.enter_context(execute.deadline(run.freeze_deadline))
+        run.step = f"taking the {provider.name} snapshot"
         run.snapshot = providers.drive(run, provider.name, provider.take(run))
+        run.step = "reading the message id"
         run.message_id = run.hook.emg_borg_capture_message_id(run=run)
+        run.step = "starting the dumps"
         run.hook.emg_borg_begin_dumps(run=run)
+        run.step = "releasing the consistency point"
+    run.step = "finishing the dumps"
     if run.freeze_window_ms is None:
         run.freeze_window_ms = round((time.monotonic() - started) * 1000, 3)
 
@@ -164,6 +174,7 @@ def write_manifest(run: BackupRun) -> dict:
         "snapshot": run.snapshot.to_dict() if run.snapshot else None,
         "consistency_lock": run.lock_state,
         "freeze_window_ms": run.freeze_window_ms,
+        "warnings": run.warnings,
         "dumps": [dump.to_dict() for dump in run.dumps],
         "categories": archived_categories(run),
         "excluded_categories": [c for c in CATEGORIES if c not in run.categories],

@@ -76,7 +76,7 @@ def restore(config, manager, request: RestoreRequest) -> RestoreResult:
     if not target.is_dir():
         raise UsageError(f"restore target {target} is not a directory")
     check_message_id(request.message_id, None, None)
-    running = check_emgd(request.force, request.dry_run)
+    running = check_emgd(request.force, request.dry_run, target)
     repository, archive = select(request.selection)
     selected = extraction.present(archive, tuple(c for c in category_module.CATEGORIES if c in selected))
     run = RestoreRun(
@@ -175,9 +175,10 @@ def run_deferred(run: RestoreRun) -> None:
         step()
 
 
-def check_emgd(force: bool, dry_run: bool) -> list[int]:
-    """The ids of running emgd processes; refuses (raises) when there are any, unless forced."""
-    running = proc.emgd_pids()
+def check_emgd(force: bool, dry_run: bool, target: Path) -> list[int]:
+    """The ids of emgd processes running on the target; refuses (raises) when there are any,
+    unless forced."""
+    running = proc.emgd_pids(within=target)
     if running and not force and not dry_run:
         raise EmgBorgError(
             f"emgd is running (pid {', '.join(map(str, running))}); restoring under it would mix its open spool files "

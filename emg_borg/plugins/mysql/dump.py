@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import time
 
 from emg_borg.core.manifest import Dump
@@ -75,7 +76,9 @@ def begin(run) -> None:
         logger.info("dumping database %s with mysqldump --single-transaction", settings.database)
         dump = mysql.Dump(argv, path, (fd,), settings.database)
     run.state(NAME)["dump"] = (dump, archive_path)
-    deadline = time.monotonic() + float(run.config["mysql"]["lock_timeout"])
+    # Waiting for the dump's start is part of the freeze: bounded by lock_timeout and by what is
+    # left of max_freeze.
+    deadline = min(time.monotonic() + float(run.config["mysql"]["lock_timeout"]), run.freeze_deadline or math.inf)
     while not (dump.poll() is not None or watch.started()):
         if time.monotonic() > deadline:
             dump.abort()

@@ -39,23 +39,34 @@ def close(run) -> None:
             connection.close()
 
 
-def _kill_after(settings, thread_id: int, timeout: float, done: threading.Event, killed: list) -> None:
-    # FLUSH TABLES WITH READ LOCK waits behind long queries and blocks every writer while it
-    # waits, so it must never wait longer than lock_timeout.
+def _kill_after(settings, thread_id: int, timeout: float, done: threading.Event, killed: list,
+                what: str = "QUERY") -> None:
+    """After `timeout` seconds (unless `done` is set first), end the statement (`QUERY`) or the
+    whole session (`CONNECTION`, which releases its locks) from a second connection."""
     if done.wait(timeout):
         return
     with contextlib.suppress(Exception):
         guard = mysql.connect(settings, connect_timeout=5)
         with guard.cursor() as cursor:
-            cursor.execute(f"KILL QUERY {int(thread_id)}")
-        killed.append(True)
+            cursor.execute(f"KILL {what} {int(thread_id)}")
+        killed.append(time.monotonic())
         guard.close()
+
+
+def _watch(settings, thread_id: int, timeout: float, what: str = "QUERY"):
+    done, killed = threading.Event(), []
+    threading.Thread(target=_kill_after, args=(settings, thread_id, timeout, done, killed, what), daemon=True).start()
+    return done, killed
+
+
+class FreezeTooLong(EmgBorgError):
+    """The consistency point was held longer than `[mysql] max_freeze`."""
 
 
 @contextlib.contextmanager
 def global_read_lock(run):
     section = run.config["mysql"]
-    mode, timeout = section["lock"], float(section["lock_timeout"])
+    mode, timeout, max_freeze = section["lock"], float(section["lock_timeout"]), float(section["max_freeze"])
     connection = session(run)
     settings = run.state(NAME)["settings"]
     try:
@@ -65,10 +76,13 @@ def global_read_lock(run):
             return
         with connection.cursor() as cursor:
             cursor.execute("SET SESSION lock_wait_timeout = %s", (max(1, math.ceil(timeout)),))
-        done, killed = threading.Event(), []
-        threading.Thread(target=_kill_after, args=(settings, connection.thread_id(), timeout, done, killed),
-                         daemon=True).start()
-        logger.info("taking a global read lock on %s (at most %g s)", settings.describe(), timeout)
+            # If emg-borg is stopped or killed while it holds the lock, the server ends the idle
+            # session, and with it the lock, by itself.
+            cursor.execute("SET SESSION wait_timeout = %s, interactive_timeout = %s",
+                           (math.ceil(max_freeze), math.ceil(max_freeze)))
+        done, killed = _watch(settings, connection.thread_id(), timeout)
+        logger.info("taking a global read lock on %s (waiting at most %g s, holding it at most %g s)",
+                    settings.describe(), timeout, max_freeze)
         try:
             with connection.cursor() as cursor:
                 cursor.execute("FLUSH TABLES WITH READ LOCK")
@@ -88,20 +102,45 @@ def global_read_lock(run):
         done.set()
         acquired = time.monotonic()
         run.lock_state = "held"
+        run.freeze_deadline = acquired + max_freeze
+        # At max_freeze the session is killed from outside, whatever this process is doing.
+        released, expired = _watch(settings, connection.thread_id(), max_freeze, "CONNECTION")
         try:
             # Under the lock the binlog position cannot move: it is the dump's position too.
             # Unlocked it would describe neither the dump nor the snapshot, so it is not recorded.
             run.state(NAME)["binlog"] = binlog_position(connection)
             yield
+        except BaseException as error:
+            released.set()
+            if expired or time.monotonic() >= run.freeze_deadline:
+                raise _too_long(run, max_freeze) from error
+            raise
         finally:
-            with contextlib.suppress(Exception):
-                with connection.cursor() as cursor:
-                    cursor.execute("UNLOCK TABLES")
-            run.freeze_window_ms = round((time.monotonic() - acquired) * 1000, 3)
+            released.set()
+            held = time.monotonic() - acquired
+            run.freeze_window_ms = round(held * 1000, 3)
+            if not expired:
+                with contextlib.suppress(Exception):
+                    with connection.cursor() as cursor:
+                        cursor.execute("UNLOCK TABLES")
             logger.info("global read lock released after %.1f ms", run.freeze_window_ms)
+        if expired or held >= max_freeze:
+            raise _too_long(run, max_freeze)
+        if held > max_freeze / 2:
+            warning = (f"the consistency point took {held:.2f} s, more than half of [mysql] max_freeze "
+                       f"({max_freeze:g} s)")
+            logger.warning("%s", warning)
+            run.warnings.append(warning)
     except BaseException:
         close(run)
         raise
+
+
+def _too_long(run, max_freeze: float) -> FreezeTooLong:
+    return FreezeTooLong(
+        f"the consistency point passed [mysql] max_freeze ({max_freeze:g} s) while {run.step}: the global read "
+        f"lock was released at once and the command stopped; nothing of this run is kept, no archive is made"
+    )
 
 
 def binlog_position(connection) -> dict | None:
