@@ -180,6 +180,26 @@ def test_a_borgmatic_config_without_the_hooks(emg):
     ]
 
 
+def test_a_hook_at_the_wrong_place(emg):
+    config = emg.borgmatic_config()
+    config.write_text(config.read_text().replace("    - after: error\n", "    - before: action\n", 1))
+    result = doctor(emg, "--borgmatic-config", config)
+    assert result.returncode == 1
+    assert failures(result)[0] == line("FAIL", "hooks", f"{config} runs `emg-borg on-error` at `before: action`; it "
+                                                        f"belongs at `- after: error` (1.x: on_error)")
+
+
+def test_hooks_around_the_whole_configuration_are_in_place_too(emg):
+    config = emg.borgmatic_config()
+    config.write_text(config.read_text().replace("before: action", "before: configuration")
+                      .replace("after: action", "after: configuration"))
+    out = doctor(emg, "--borgmatic-config", config).stdout.splitlines()
+    assert [text for text in out if " hooks " in text] == [
+        line("ok", "hooks", "before-backup runs at `before: configuration`"),
+        line("ok", "hooks", "after-backup runs at `after: configuration`"),
+        line("ok", "hooks", "on-error runs at `after: error`")]
+
+
 def test_after_backup_without_states_finish_is_a_warning(emg):
     emg.init_repo()
     config = emg.borgmatic_config()

@@ -20,9 +20,12 @@ from emg_borg.lifecycle import archives
 from emg_borg.lifecycle.checks import FAIL, OK, WARN, Check
 
 PHASES = ("before-backup", "after-backup", "on-error")
-# borgmatic 2.x: where each hook belongs; borgmatic 1.x: the list it belongs in.
-PLACES_2 = {"before-backup": ("before", "action"), "after-backup": ("after", "action"), "on-error": ("after", "error")}
-LISTS_1 = {"before-backup": "before_backup", "after-backup": "after_backup", "on-error": "on_error"}
+# borgmatic 2.x: where each hook may run (around each action, or once around the whole file);
+# borgmatic 1.x: the lists it may be in. The first is the one borgmatic-example.yaml uses.
+PLACES_2 = {"before-backup": (("before", "action"), ("before", "configuration")),
+            "after-backup": (("after", "action"), ("after", "configuration")), "on-error": (("after", "error"),)}
+LISTS_1 = {"before-backup": ("before_backup", "before_everything"), "after-backup": ("after_backup", "after_everything"),
+           "on-error": ("on_error",)}
 EXAMPLE_2 = {"before-backup": "- before: action, when: [create]", "after-backup": "- after: action, when: [create], "
              "states: [finish]", "on-error": "- after: error"}
 
@@ -70,7 +73,7 @@ def _hooks(data, sections) -> dict[str, list[tuple[str, dict | None, str]]]:
                 if _names(str(command), phase):
                     found[phase].append((str(command), entry, where))
     for section in sections:
-        for key in LISTS_1.values():
+        for key in (key for keys in LISTS_1.values() for key in keys):
             for command in section.get(key) or []:
                 for phase in PHASES:
                     if _names(str(command), phase):
@@ -80,10 +83,10 @@ def _hooks(data, sections) -> dict[str, list[tuple[str, dict | None, str]]]:
 
 def _misplaced(phase: str, entry: dict | None, where: str) -> bool:
     if entry is None:
-        return where != LISTS_1[phase]
-    side, point = PLACES_2[phase]
+        return where not in LISTS_1[phase]
     when = entry.get("when")
-    return entry.get(side) != point or (phase != "on-error" and when is not None and "create" not in when)
+    placed = any(entry.get(side) == point for side, point in PLACES_2[phase])
+    return not placed or (phase != "on-error" and when is not None and "create" not in when)
 
 
 def _config_named(command: str) -> Path:
@@ -107,13 +110,13 @@ def hook_checks(path, data, sections, config_path: Path) -> list[Check]:
         hooks = found[phase]
         if not hooks:
             result.append(Check("hooks", FAIL, f"{path} does not run `emg-borg {phase}`: add it as "
-                                               f"`{EXAMPLE_2[phase]}` (borgmatic 2.x; 1.x: {LISTS_1[phase]}), see "
+                                               f"`{EXAMPLE_2[phase]}` (borgmatic 2.x; 1.x: {LISTS_1[phase][0]}), see "
                                                f"borgmatic-example.yaml"))
             continue
         command, entry, where = hooks[0]
         if _misplaced(phase, entry, where):
             result.append(Check("hooks", FAIL, f"{path} runs `emg-borg {phase}` at `{where}`; it belongs at "
-                                               f"`{EXAMPLE_2[phase]}` (1.x: {LISTS_1[phase]})"))
+                                               f"`{EXAMPLE_2[phase]}` (1.x: {LISTS_1[phase][0]})"))
             continue
         named = _config_named(command)
         if named.resolve() != config_path.resolve():
