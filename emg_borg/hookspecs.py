@@ -7,7 +7,8 @@ A backup (`emg-borg before-backup`) calls, in order:
     -> finish_dumps -> backup_patterns -> manifest_fields
 
 and `after-backup` / `on-error` call `release` (each plugin's on its own: one failing does not
-stop the others). Snapshots are not taken by a hook but by a `SnapshotProvider` object
+stop the others). The process that ends a run (a failing `before-backup`, `after-backup`,
+`on-error`) then calls `run_finished`. Snapshots are not taken by a hook but by a `SnapshotProvider` object
 (`emg_borg.core.snapshot`) that a plugin offers through `snapshot_providers`; the core drives it.
 
 A restore calls `live_message_id`, then `restore_dump` for each dump in the archive; a verify
@@ -28,6 +29,7 @@ import pluggy
 if TYPE_CHECKING:
     from emg_borg.config import Config, Option
     from emg_borg.core.manifest import Dump
+    from emg_borg.core.outcome import RunOutcome
     from emg_borg.core.run import BackupRun, RestoreRun, VerifyRun
     from emg_borg.core.snapshot import SnapshotProvider
     from emg_borg.emg.layout import Layout
@@ -103,6 +105,15 @@ def emg_borg_manifest_fields(run: BackupRun) -> dict | None:
 def emg_borg_release(run: BackupRun) -> None:
     """Release what this plugin holds in this process (running dumps, connections). Called after
     success and failure alike, and must be idempotent. Snapshots are released by their provider."""
+
+
+@hookspec
+def emg_borg_run_finished(run: BackupRun, outcome: RunOutcome) -> None:
+    """A backup run ended: `before-backup` failed, `after-backup` released a finished run
+    (`outcome.succeeded`), or `on-error` ran (a failure, even with nothing left to release).
+    `outcome` says when the run started and ended, the error if this process saw it, and the
+    manifest the run staged when it got that far. Called after everything is released; a
+    plugin's failure here is logged as a warning and changes nothing else."""
 
 
 @hookspec(firstresult=True)

@@ -105,6 +105,11 @@ def emg_borg_manifest_fields(run):
 @hookimpl
 def emg_borg_release(run):
     raise RuntimeError("the site plugin's release failed")
+
+
+@hookimpl
+def emg_borg_run_finished(outcome):  # only the argument it wants, as pluggy allows
+    raise RuntimeError(f"the site's monitor is down ({outcome.command}, succeeded={outcome.succeeded})")
 '''
 
 
@@ -143,6 +148,10 @@ def test_third_party_plugin_drives_every_backup_hook_and_its_own_provider(emg, t
     result = run([*cli, "after-backup"], env=env, check=False)
     assert result.returncode == 1
     assert "plugin site: RuntimeError: the site plugin's release failed" in result.stderr
+    # The run's end is still reported (a failure: the release was incomplete); the plugin's own
+    # failure to record it is only a warning.
+    assert ("emg-borg: warning: plugin site could not record the end of the run: RuntimeError: the site's monitor is "
+            "down (after-backup, succeeded=False)") in result.stderr.splitlines()
     assert not copy.exists() and not (emg.runtime / "staging").exists()
     assert not (emg.runtime / "ledger.json").exists()
 

@@ -9,7 +9,7 @@ import os
 import sys
 
 from emg_borg.errors import EXIT_FAILURE, EXIT_OK, EmgBorgError
-from emg_borg.lifecycle import archives, backup, extract, release, restore, session, verify
+from emg_borg.lifecycle import archives, backup, doctor, extract, release, restore, session, verify
 from emg_borg.lifecycle.providers import check_configured
 
 logger = logging.getLogger("emg_borg")
@@ -34,7 +34,11 @@ def _config(args, manager, required=True):
 
 
 def before_backup(args, manager) -> int:
-    result = backup.before_backup(_config(args, manager), manager, dry_run=args.dry_run, repository=args.repository)
+    config = _config(args, manager)
+    if args.dry_run:
+        result = backup.before_backup(config, manager, dry_run=True, repository=args.repository)
+    else:
+        result = backup.before_backup_reported(config, manager, repository=args.repository)
     if args.dry_run and not args.json:
         logger.info("dry run: nothing changed. Would back up %s with snapshot provider %s:",
                     ", ".join(result["categories"]), result["snapshot_provider"])
@@ -53,7 +57,7 @@ def before_backup(args, manager) -> int:
 
 def release_run(args, manager) -> int:
     outcome = release.release_backup(_config(args, manager), manager, force=args.force, repository=args.repository,
-                                     dry_run=args.dry_run)
+                                     dry_run=args.dry_run, command=args.command)
     logger.info("%s: %s", args.command, outcome)
     return EXIT_OK
 
@@ -83,6 +87,16 @@ def discover(args, manager) -> int:
             out.write(f"  line {ref['line']:<4} {ref['keyword']}={ref['value']}{where} -> {ref['path']} "
                       f"[{ref['category']}]{missing}\n")
     return EXIT_OK
+
+
+def check_installation(args, manager) -> int:
+    checks = doctor.doctor(args.config, manager, args.borgmatic_config)
+    if args.json:
+        print_json({"ok": not doctor.failed(checks), "checks": [check.to_dict() for check in checks]})
+    else:
+        for check in checks:
+            print(f"{check.status:<4} {check.name:<13} {check.detail}")
+    return EXIT_FAILURE if doctor.failed(checks) else EXIT_OK
 
 
 def config(args, manager) -> int:
@@ -184,6 +198,7 @@ COMMANDS = {
     "after-backup": release_run,
     "on-error": release_run,
     "discover": discover,
+    "doctor": check_installation,
     "config": config,
     "archives": list_archives,
     "patterns": patterns,

@@ -73,6 +73,15 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--repository", help="the repository borgmatic backed up to, to name an untrustworthy archive")
         p.add_argument("--force", action="store_true", help="release even if another live process holds the run lock")
 
+    p = _command(sub, "doctor", "check everything a backup needs; change nothing",
+                 "Check, changing nothing, everything a backup needs: the configuration, server.cfg, SPOOLDIR and "
+                 "its snapshots, runtime_dir and its free space, borg and borgmatic, each plugin's preflight "
+                 "(database login, privileges, the [seqno] query) and, with --borgmatic-config, borgmatic's hooks, "
+                 "patterns_from and repository. One line per check (ok, warn, FAIL); exit 1 if any FAIL.")
+    p.add_argument("--borgmatic-config", metavar="FILE",
+                   help="also check this borgmatic configuration (hooks, patterns_from) and its first repository")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
+
     p = _command(sub, "discover", "show the EMG layout found from server.cfg and the category of each root")
     p.add_argument("--json", action="store_true", help=JSON_HELP)
 

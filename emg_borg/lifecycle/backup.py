@@ -22,7 +22,7 @@ from emg_borg.core.signals import signals_raise
 from emg_borg.emg.categories import CATEGORIES
 from emg_borg.errors import EmgBorgError
 from emg_borg.external import execute
-from emg_borg.lifecycle import providers
+from emg_borg.lifecycle import outcome, providers
 from emg_borg.lifecycle.release import release_and_unlock, release_resources
 
 logger = logging.getLogger(__name__)
@@ -51,10 +51,10 @@ def new_run(config, manager, *, dry_run=False, repository=None) -> BackupRun:
                      dry_run=dry_run, repository=repository)
 
 
-def before_backup(config, manager, *, dry_run=False, repository=None) -> dict:
+def before_backup(config, manager, *, dry_run=False, repository=None, run=None) -> dict:
     """Freeze the consistency point and prepare everything borg reads. Returns the manifest, or
     for a dry run the plan with the preflight problems."""
-    run = new_run(config, manager, dry_run=dry_run, repository=repository)
+    run = run or new_run(config, manager, dry_run=dry_run, repository=repository)
     run.layout = run.hook.emg_borg_discover_layout(config=config)
     run.categories = selected_categories(config)
     check_runtime_dir(run)
@@ -107,6 +107,14 @@ def before_backup(config, manager, *, dry_run=False, repository=None) -> dict:
         run.message_id, run.freeze_window_ms or 0, len(run.runtime.patterns.read_text().splitlines()), run.runtime.patterns,
     )
     return manifest
+
+
+def before_backup_reported(config, manager, *, repository=None) -> dict:
+    """`before-backup` as borgmatic runs it: a failure ends the run and is reported to the plugins
+    (`emg_borg_run_finished`) after everything was released."""
+    run = new_run(config, manager, repository=repository)
+    with outcome.reported(run, outcome.BEFORE_BACKUP):
+        return before_backup(config, manager, repository=repository, run=run)
 
 
 def freeze(run: BackupRun, provider) -> None:

@@ -15,7 +15,7 @@ from emg_borg.core.run import BackupRun
 from emg_borg.core.runtime import Ledger, RunLock, RuntimeDir, run_owner_pid
 from emg_borg.core.signals import signals_deferred
 from emg_borg.errors import EmgBorgError
-from emg_borg.lifecycle import archives, providers
+from emg_borg.lifecycle import archives, outcome, providers
 
 logger = logging.getLogger(__name__)
 
@@ -65,8 +65,10 @@ def release_and_unlock(run: BackupRun, lock: RunLock) -> None:
                 lock.release()
 
 
-def release_backup(config, manager, *, force=False, repository=None, dry_run=False) -> str:
-    """`after-backup` / `on-error`: release the run's snapshot, mounts, staging and lock."""
+def release_backup(config, manager, *, force=False, repository=None, dry_run=False,
+                   command=outcome.AFTER_BACKUP) -> str:
+    """`after-backup` / `on-error` (`command`): release the run's snapshot, mounts, staging and lock,
+    then report the run's end to the plugins (after-backup: a success; on-error: a failure)."""
     runtime = RuntimeDir(config["backup"]["runtime_dir"])
     lock = RunLock(runtime.lock)
     run = BackupRun(config=config, runtime=runtime, ledger=Ledger(runtime.ledger), hook=manager.hook,
@@ -74,6 +76,8 @@ def release_backup(config, manager, *, force=False, repository=None, dry_run=Fal
     if not runtime.root.exists() or (not run.ledger.entries and lock.read() is None):
         with contextlib.suppress(FileNotFoundError):
             runtime.patterns.unlink()
+        if command == outcome.ON_ERROR and not dry_run:  # before-backup failed, or borgmatic before it
+            outcome.report(run, command, succeeded=False)
         return "nothing to release"
     other = lock.held_by_other_live_run(run_owner_pid())
     if other and not force:
@@ -88,9 +92,10 @@ def release_backup(config, manager, *, force=False, repository=None, dry_run=Fal
         return "dry run"
     run.run_id = run.ledger.meta.get("run_id", run.run_id)
     run.started = run.ledger.meta.get("started", run.started)
-    release_and_unlock(run, lock)
-    if run.failures:
-        raise EmgBorgError("; ".join(run.failures))
+    with outcome.reported(run, command):
+        release_and_unlock(run, lock)
+        if run.failures:
+            raise EmgBorgError("; ".join(run.failures))
     return "released"
 
 

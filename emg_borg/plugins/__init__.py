@@ -25,6 +25,7 @@ DEFAULT_PLUGINS = (
     "emg_borg.plugins.btrfs",
     "emg_borg.plugins.zfs",
     "emg_borg.plugins.lvm",
+    "emg_borg.plugins.metrics",
 )
 
 

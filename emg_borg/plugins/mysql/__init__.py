@@ -43,9 +43,13 @@ def emg_borg_preflight(run):
         if not run.config["seqno"]["command"]:
             query, args, _, _ = message_id.node_query(run.config, run.layout.node_id)
             try:
-                query_one(connection, query, args)
+                row = query_one(connection, query, args)
             except Exception as error:  # noqa: BLE001
                 problems.append(f"[seqno] query {query!r} failed: {error}")
+            else:
+                value = row[0] if row else None  # None: an empty table, a warning at backup time
+                if value is not None and not str(value).isdigit():
+                    problems.append(f"[seqno] query {query!r} returned {value!r}, not a message id (a whole number)")
     finally:
         connection.close()
     return problems
