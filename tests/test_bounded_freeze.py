@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 
 import pymysql
 import pytest
@@ -64,13 +65,20 @@ class Pid:
             pass
 
 
+def unique_sleep(seconds: int) -> str:
+    """A `sleep` command line no other process on this host runs, so the test finds (and kills)
+    only its own."""
+    return f"sleep {seconds}.{uuid.uuid4().int % 10**6:06d}"
+
+
 def bounded_emg(tmp_path, mariadb, command):
     return Emg(tmp_path, mariadb, extra_config=f'[mysql]\nmax_freeze = {MAX_FREEZE}\n\n'
                                                f'[seqno]\ncommand = "{command}"\ncommand_timeout = 120\n')
 
 
 def test_a_hanging_command_inside_the_freeze_is_stopped_at_max_freeze(tmp_path, mariadb):
-    emg = bounded_emg(tmp_path, mariadb, "sleep 60")
+    sleeper = unique_sleep(60)
+    emg = bounded_emg(tmp_path, mariadb, sleeper)
     writer = Writer(mariadb, emg.database)
     writer.start()
     started = time.monotonic()
@@ -85,7 +93,7 @@ def test_a_hanging_command_inside_the_freeze_is_stopped_at_max_freeze(tmp_path, 
                       f"nothing of this run is kept, no archive is made"], result.stderr
     assert stall < MAX_FREEZE + NOTICE, stall
     assert leftovers(emg) == []
-    assert subprocess.run(["pgrep", "-f", "^sleep 60$"], capture_output=True).stdout == b""  # the command was stopped
+    assert subprocess.run(["pgrep", "-f", f"^{sleeper}$"], capture_output=True).stdout == b""  # it was stopped
     # The next backup, with a working command, succeeds.
     emg.write_config("none", f'[mysql]\nmax_freeze = {MAX_FREEZE}\n\n[seqno]\ncommand = "echo 4711"\n')
     manifest = json.loads(emg.emg_borg("before-backup", "--json").stdout)
@@ -133,7 +141,8 @@ def test_a_freeze_over_half_its_budget_is_a_warning_in_the_log_and_the_manifest(
 
 def test_a_stopped_emg_borg_cannot_hold_the_lock_past_max_freeze(tmp_path, mariadb):
     """SIGSTOP in the freeze: no watchdog of ours can run, so the server must end the lock."""
-    emg = bounded_emg(tmp_path, mariadb, "sleep 60")
+    sleeper = unique_sleep(60)
+    emg = bounded_emg(tmp_path, mariadb, sleeper)
     writer = Writer(mariadb, emg.database)
     writer.start()
     # A backup script drives the hook (as cron would); it dies with it, so its run is a dead one.
@@ -161,7 +170,7 @@ def test_a_stopped_emg_borg_cannot_hold_the_lock_past_max_freeze(tmp_path, maria
             process.send_signal(signal.SIGCONT)
         driver.kill()
         driver.wait()
-        subprocess.run(["pkill", "-KILL", "-f", "^sleep 60$"])
+        subprocess.run(["pkill", "-KILL", "-f", f"^{sleeper}$"])
     stall = writer.finish()
     print(f"stopped emg-borg: longest writer stall {stall:.3f} s ({time.monotonic() - stopped_at:.1f} s observed)")
     assert stall < MAX_FREEZE + NOTICE, stall

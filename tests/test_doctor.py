@@ -122,6 +122,7 @@ def test_a_user_without_reload(emg, mariadb):
     user = f"norl{emg.database[-6:]}"
     mariadb.sql(f"CREATE USER '{user}'@'localhost' IDENTIFIED BY 'pw'; GRANT SELECT, PROCESS ON *.* TO '{user}'@'localhost';")
     (emg.tmp / "pw").write_text("pw\n")
+    (emg.tmp / "pw").chmod(0o600)
     emg.write_config("none", f'[mysql]\nuser = "{user}"\nsocket = "{mariadb.socket}"\npassword_file = "{emg.tmp / "pw"}"\n')
     result = doctor(emg)
     assert result.returncode == 1

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 
 import pymysql
 import pytest
@@ -44,7 +45,8 @@ FAULTS = {
                         f'exec {REAL_MOUNT} "$@"'}, None, "mount: permission denied"),
 }
 BTRFS_ONLY = {"snapshot", "mount"}
-SLOW_DUMP = {"mysqldump": f'{REAL_MYSQLDUMP} "$@"; exec sleep 30'}  # dumps, then hangs before it exits
+SLEEP = f"sleep 30.{uuid.uuid4().int % 10**6:06d}"  # no other process on this host sleeps this long
+SLOW_DUMP = {"mysqldump": f'{REAL_MYSQLDUMP} "$@"; exec {SLEEP}'}  # dumps, then hangs before it exits
 
 
 def fake_bin(tmp_path, fakes: dict) -> str:
@@ -140,7 +142,7 @@ def test_a_signal_in_the_freeze_or_the_dump_wait_releases_everything(where, sign
     spooldir = request.getfixturevalue("btrfs_mount") / "spool" / "emg" if provider == "btrfs" else None
     if where == "freeze":
         emg = Emg(tmp_path, mariadb, provider=provider, spooldir=spooldir,
-                  extra_config='[seqno]\ncommand = "sleep 30"\ncommand_timeout = 60\n')
+                  extra_config=f'[seqno]\ncommand = "{SLEEP}"\ncommand_timeout = 60\n')
     else:
         monkeypatch.setenv("PATH", f"{fake_bin(tmp_path, SLOW_DUMP)}{os.pathsep}{os.environ['PATH']}")
         emg = Emg(tmp_path, mariadb, provider=provider, spooldir=spooldir)
@@ -152,7 +154,7 @@ def test_a_signal_in_the_freeze_or_the_dump_wait_releases_everything(where, sign
         _, stderr = process.communicate(timeout=60)
     finally:
         process.kill()
-        subprocess.run(["pkill", "-KILL", "-f", "^sleep 30$"])
+        subprocess.run(["pkill", "-KILL", "-f", f"^{SLEEP}$"])
     name = signal.Signals(signum).name
     assert process.returncode == 1, stderr
     assert ("interrupted" in stderr) and (name in stderr or signum == signal.SIGINT), stderr
@@ -164,7 +166,7 @@ def test_a_signal_in_the_freeze_or_the_dump_wait_releases_everything(where, sign
 def test_sigkill_leaves_what_the_next_run_removes_and_names(where, provider, tmp_path, mariadb, monkeypatch, request):
     spooldir = request.getfixturevalue("btrfs_mount") / "spool" / "emg" if provider == "btrfs" else None
     emg = Emg(tmp_path, mariadb, provider=provider, spooldir=spooldir,
-              extra_config='[seqno]\ncommand = "sleep 30"\ncommand_timeout = 60\n' if where == "freeze" else "")
+              extra_config=f'[seqno]\ncommand = "{SLEEP}"\ncommand_timeout = 60\n' if where == "freeze" else "")
     if where == "dump wait":
         monkeypatch.setenv("PATH", f"{fake_bin(tmp_path, SLOW_DUMP)}{os.pathsep}{os.environ['PATH']}")
     script = tmp_path / "backup.sh"  # a driving script that dies with the hook: the run's owner is gone
@@ -183,7 +185,7 @@ def test_sigkill_leaves_what_the_next_run_removes_and_names(where, provider, tmp
         driver.kill()
     finally:
         driver.wait()
-        subprocess.run(["pkill", "-KILL", "-f", "^sleep 30$"])
+        subprocess.run(["pkill", "-KILL", "-f", f"^{SLEEP}$"])
     assert (emg.runtime / "ledger.json").exists()  # what the killed run recorded
     monkeypatch.setenv("PATH", os.environ["PATH"].split(os.pathsep, 1)[1] if where == "dump wait"
                        else os.environ["PATH"])
