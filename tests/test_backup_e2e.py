@@ -317,3 +317,22 @@ def test_a_user_without_reload_fails_before_anything_is_taken(emg, mariadb):
     emg.write_config("none", f'[mysql]\nuser = "{user}"\nsocket = "{mariadb.socket}"\npassword_file = "{emg.tmp / "pw"}"\n'
                              'lock = "none"\n')
     assert "preflight checks passed" in emg.emg_borg("before-backup", "--dry-run").stderr  # no lock, no RELOAD needed
+
+
+def test_an_unchanged_database_gives_a_byte_identical_dump_that_borg_stores_once(emg, mariadb):
+    """No dump date, a stable row order: a second backup of an unchanged database adds almost
+    nothing to the repository (before, the date in the last line made the last chunk new)."""
+    mariadb.sql("CREATE TABLE bulk (id INT PRIMARY KEY, body TEXT) ENGINE=InnoDB; "
+                "INSERT INTO bulk SELECT seq, REPEAT(MD5(seq), 8) FROM seq_1_to_20000", emg.database)
+    emg.borgmatic_create()
+    emg.borgmatic_create()
+    first, second = borg_list(emg.repo)
+    dumps = [json.loads(borg_cat(emg.repo, a, "emg-borg/manifest.json"))["dumps"][0] for a in (first, second)]
+    assert dumps[0]["sha256"] == dumps[1]["sha256"] and dumps[0]["bytes"] > 4 * 2**20
+    assert b"-- Dump completed\n" in borg_cat(emg.repo, second, dumps[1]["path"])[-200:]
+    info = json.loads(subprocess.run(["borg", "info", "--json", f"{emg.repo}::{second}"], capture_output=True,
+                                     check=True).stdout)
+    added = info["archives"][0]["stats"]["deduplicated_size"]
+    print(f"second backup of an unchanged {dumps[1]['bytes']} byte dump added {added} bytes "
+          f"({100 * added / dumps[1]['bytes']:.2f}%)")
+    assert added < 0.01 * dumps[1]["bytes"]
