@@ -5,7 +5,9 @@ show, and on what is (not) left on disk."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+import sys
 
 import pytest
 
@@ -336,3 +338,36 @@ def test_an_unchanged_database_gives_a_byte_identical_dump_that_borg_stores_once
     print(f"second backup of an unchanged {dumps[1]['bytes']} byte dump added {added} bytes "
           f"({100 * added / dumps[1]['bytes']:.2f}%)")
     assert added < 0.01 * dumps[1]["bytes"]
+
+
+def test_progress_of_a_long_dump_shows_on_a_terminal_and_not_in_a_log(emg, tmp_path, monkeypatch):
+    import pty
+    import shutil
+
+    slow = tmp_path / "slow-bin"
+    slow.mkdir()
+    (slow / "mysqldump").write_text(f'#!/bin/sh\n{shutil.which("mysqldump")} "$@"; sleep 3\n')
+    (slow / "mysqldump").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{slow}:{os.environ['PATH']}")
+    argv = [sys.executable, "-m", "emg_borg", "-c", str(emg.config_path), "before-backup"]
+    piped = subprocess.run(argv, capture_output=True, text=True)
+    assert piped.returncode == 0 and "MiB written" not in piped.stderr
+    emg.emg_borg("after-backup")
+
+    controller, terminal = pty.openpty()
+    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=terminal)
+    os.close(terminal)
+    seen = b""
+    while True:
+        try:
+            chunk = os.read(controller, 4096)
+        except OSError:  # the terminal closed with the process
+            break
+        if not chunk:
+            break
+        seen += chunk
+    process.wait()
+    os.close(controller)
+    assert process.returncode == 0
+    assert f"mysqldump {emg.database}: 0.0 MiB written".encode() in seen, seen.decode()
+    emg.emg_borg("after-backup")

@@ -3,25 +3,25 @@
 from __future__ import annotations
 
 import datetime
-import logging
 import os
 
 import pytest
 
+from emg_borg.core.progress import PROGRESS
 from emg_borg.errors import UsageError
 from emg_borg.lifecycle import archives, extract
 
 
 def test_progress_logs_percent_every_interval(caplog):
     progress = extract.Progress("extracting data", interval=0)
-    with caplog.at_level(logging.INFO, logger="emg_borg"):
+    with caplog.at_level(PROGRESS, logger="emg_borg"):
         progress({"type": "progress_percent", "current": 512 * 1024, "total": 2 * 1024 * 1024,
                   "info": ["var/spool/emg/leveldb/000005.ldb"], "finished": False})
         progress({"type": "progress_percent", "finished": True})
     assert [r.getMessage() for r in caplog.records] == [
         "extracting data: 25% (512.0 KiB of 2.0 MiB) var/spool/emg/leveldb/000005.ldb"]
     quiet = extract.Progress("extracting data", interval=3600)
-    with caplog.at_level(logging.INFO, logger="emg_borg"):
+    with caplog.at_level(PROGRESS, logger="emg_borg"):
         quiet({"type": "progress_percent", "current": 1, "total": 2, "finished": False})
     assert len(caplog.records) == 1
 

@@ -12,6 +12,7 @@ import sys
 
 from emg_borg.cli.commands import COMMANDS
 from emg_borg.cli.parser import ArgumentError, build_parser
+from emg_borg.core.progress import PROGRESS
 from emg_borg.errors import EXIT_FAILURE, EXIT_USAGE, ConfigError, EmgBorgError
 from emg_borg.lifecycle.session import plugin_manager
 
@@ -32,7 +33,9 @@ class _Formatter(logging.Formatter):
 
 
 def setup_logging(verbosity: int) -> None:
-    level = {-1: logging.ERROR, 0: logging.INFO, 1: logging.DEBUG}.get(max(-1, min(verbosity, 1)), logging.INFO)
+    # Progress of long steps on a terminal only: borgmatic's log and cron mail get the summaries.
+    normal = PROGRESS if sys.stderr.isatty() else logging.INFO
+    level = {-1: logging.ERROR, 0: normal, 1: logging.DEBUG}.get(max(-1, min(verbosity, 1)), normal)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_Formatter())
     root = logging.getLogger("emg_borg")

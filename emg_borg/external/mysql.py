@@ -132,6 +132,11 @@ class Dump:
     def poll(self):
         return self.process.poll()
 
+    def wrote_footer(self) -> bool:
+        """Whether the dump file already ends with mysqldump's completion line (a small dump can
+        be complete before its process has exited)."""
+        return _ends_with_footer(self.path, self.FOOTER)
+
     def finish(self, progress=None):
         """Wait for mysqldump; raise unless it exited 0 and wrote its completion footer."""
         stderr_lines: list[bytes] = []
@@ -139,7 +144,7 @@ class Dump:
         reader.start()
         while True:
             try:
-                self.process.wait(timeout=2)
+                self.process.wait(timeout=0.5)
                 break
             except subprocess.TimeoutExpired:
                 if progress:

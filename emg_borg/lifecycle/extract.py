@@ -19,11 +19,11 @@ from emg_borg.errors import EmgBorgError, UsageError
 from emg_borg.external import borg
 from emg_borg import __version__
 from emg_borg.core.files import free_name
+from emg_borg.core.progress import PROGRESS, Throttle
 from emg_borg.lifecycle.archives import Archive, Repository, patterns_file, select
 
 logger = logging.getLogger(__name__)
 
-PROGRESS_INTERVAL = 5.0  # seconds between progress lines of a long extraction
 
 
 def present(archive: Archive, selected) -> tuple:
@@ -63,23 +63,22 @@ def plan(repository: Repository, archive: Archive, selected) -> dict[str, list[d
 
 
 class Progress:
-    """Turns borg's progress messages into a log line every `interval` seconds."""
+    """Turns borg's progress messages into a progress line every few seconds."""
 
-    def __init__(self, what: str, interval: float = PROGRESS_INTERVAL):
-        self.what, self.interval = what, interval
-        self.started = self.last = time.monotonic()
+    def __init__(self, what: str, interval: float | None = None):
+        self.what, self.throttle = what, Throttle() if interval is None else Throttle(interval)
+        self.started = time.monotonic()
 
     def __call__(self, message: dict) -> None:
-        now = time.monotonic()
-        if message.get("finished") or now - self.last < self.interval:
+        if message.get("finished") or not self.throttle.due():
             return
-        self.last = now
         current, total = message.get("current") or 0, message.get("total") or 0
         if total:
             info = message.get("info") or [""]
-            logger.info("%s: %.0f%% (%s of %s) %s", self.what, 100 * current / total, human_size(current), human_size(total), info[0])
+            logger.log(PROGRESS, "%s: %.0f%% (%s of %s) %s", self.what, 100 * current / total, human_size(current),
+                       human_size(total), info[0])
         else:
-            logger.info("%s: %s", self.what, (message.get("message") or "working").strip())
+            logger.log(PROGRESS, "%s: %s", self.what, (message.get("message") or "working").strip())
 
     def elapsed(self) -> float:
         return time.monotonic() - self.started

@@ -15,6 +15,7 @@ import math
 import time
 
 from emg_borg.core.manifest import Dump
+from emg_borg.core.progress import PROGRESS, Throttle
 from emg_borg.errors import EmgBorgError
 from emg_borg.external import mysql
 from emg_borg.plugins.mysql.lock import session
@@ -31,7 +32,6 @@ _AFTER_SNAPSHOT = ("UNLOCK TABLES", "SHOW MASTER STATUS", "SHOW BINLOG STATUS", 
 # InnoDB refreshes information_schema.INNODB_TRX at most every 100 ms, so it is only the slower
 # second witness.
 _TRX_CACHE_SECONDS = 0.11
-PROGRESS_SECONDS = 10
 
 
 class DumpWatch:
@@ -79,7 +79,9 @@ def begin(run) -> None:
     # Waiting for the dump's start is part of the freeze: bounded by lock_timeout and by what is
     # left of max_freeze.
     deadline = min(time.monotonic() + float(run.config["mysql"]["lock_timeout"]), run.freeze_deadline or math.inf)
-    while not (dump.poll() is not None or watch.started()):
+    checks = 0
+    while not (dump.poll() is not None or watch.started() or (checks % 10 == 9 and dump.wrote_footer())):
+        checks += 1
         if time.monotonic() > deadline:
             dump.abort()
             raise EmgBorgError("mysqldump did not begin its transaction within [mysql] lock_timeout")
@@ -92,12 +94,11 @@ def finish(run) -> Dump | None:
     if running is None:
         return None
     dump, archive_path = running
-    last = [time.monotonic()]
+    throttle = Throttle()
 
     def progress(size):
-        if time.monotonic() - last[0] >= PROGRESS_SECONDS:
-            last[0] = time.monotonic()
-            logger.info("mysqldump %s: %.1f MiB written", dump.database, size / 2**20)
+        if throttle.due():
+            logger.log(PROGRESS, "mysqldump %s: %.1f MiB written", dump.database, size / 2**20)
 
     try:
         dump.finish(progress)
