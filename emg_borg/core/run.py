@@ -38,6 +38,7 @@ class BackupRun:
     lock_state: str = "not used"
     freeze_window_ms: float | None = None
     repository: str | None = None
+    borgmatic_config: str | None = None  # its repositories are searched for an untrustworthy archive
     plugin_state: dict = dataclasses.field(default_factory=dict)  # per-plugin scratch space
     release_errors: list = dataclasses.field(default_factory=list)  # releases that failed
     failures: list = dataclasses.field(default_factory=list)  # problems found while releasing
