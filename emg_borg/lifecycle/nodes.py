@@ -106,7 +106,7 @@ def choose(catalog: Catalog, entries, choice: NodeChoice) -> Archive | None:
         return None
     counts = collections.Counter(Node.of(a.manifest) for a in found)
     if not choice.explicit and len(counts) == 1:
-        logger.warning("none of the archives in %s is %s's; all are %s's: choosing among them",
+        logger.warning("no archive in %s is of %s; all are of %s: choosing among them",
                        catalog.repository, choice.describe(), next(iter(counts)))
         return found[0]
     nodes = ", ".join(f"{node} ({count} archive{'s' if count > 1 else ''})" for node, count in counts.items())
