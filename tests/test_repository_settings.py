@@ -5,10 +5,13 @@ cached; how the node choice of the command line is checked."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
+from conftest import borg, borg_create_from
 from emg_borg.errors import UsageError
-from emg_borg.lifecycle import manifest_cache, nodes
+from emg_borg.lifecycle import archives, manifest_cache, nodes
 from emg_borg.lifecycle.repository import archive_glob, borgmatic_repositories, borgmatic_repository, resolve_repository
 
 CONFIG = """
@@ -52,6 +55,8 @@ def test_settings_reach_borg_through_the_environment(config):
     elsewhere = borgmatic_repository(config, "/mnt/usb/emg.borg")  # not listed: the general settings
     assert elsewhere.location == "/mnt/usb/emg.borg" and elsewhere.env["BORG_KEYS_DIR"] == "/etc/emg-borg/keys"
     assert [r.location for r in borgmatic_repositories(config)] == [local.location, offsite.location]
+    with pytest.raises(UsageError, match=r"--repository offiste: no repository of .* \(labels: local, offsite\)"):
+        borgmatic_repository(config, "offiste")
     assert "cat /etc" not in repr(offsite) and "ssh -i" not in repr(offsite)
 
 
@@ -89,3 +94,23 @@ def test_any_node_excludes_host_and_node():
     with pytest.raises(UsageError, match="--any-node"):
         nodes.node_choice("node2", None, True, "/nonexistent.toml", None)
     assert nodes.node_choice(None, 2, False, "/nonexistent.toml", None) == nodes.NodeChoice(node=2)
+
+
+def test_a_run_s_archive_is_named_in_every_repository_of_the_configuration(tmp_path):
+    """after-backup --borgmatic-config: one run, one archive in each repository, all named."""
+    content = tmp_path / "content"
+    (content / "emg-borg").mkdir(parents=True)
+    (content / "emg-borg" / "manifest.json").write_text(json.dumps({"format_version": 2, "run_id": "run-1"}))
+    repositories = [tmp_path / "local.borg", tmp_path / "second.borg"]
+    for number, repository in enumerate(repositories):
+        borg("init", "--encryption=repokey-blake2", str(repository))
+        borg_create_from(repository, f"archive-{number}", content)
+    config = tmp_path / "borgmatic.yaml"
+    config.write_text(f"repositories:\n  - path: {repositories[0]}\n  - path: {repositories[1]}\n    label: second\n"
+                      f"  - path: {tmp_path / 'gone.borg'}\n")
+    named = archives.name_run_archive("the archive of run run-1", "run-1", "T", None, str(config))
+    first, second, gone = named.split(" and ")
+    assert first == f"archive {repositories[0]}::archive-0 (emg-borg run run-1, started T)"
+    assert second == f"archive {repositories[1]}::archive-1 (emg-borg run run-1, started T)"
+    assert gone.startswith(f"the archive of run run-1 in {tmp_path / 'gone.borg'} (the archive could not be looked up: ")
+    assert archives.name_run_archive("run-1's", "run-1", "T", "second", str(config)) == second

@@ -120,8 +120,12 @@ def borgmatic_repository(path, wanted: str | None = None) -> Repository:
     if wanted:
         known = {e.get("label"): e for e in entries if e.get("label")}
         known.update({os.path.expanduser(os.path.expandvars(e["path"])): e for e in entries})
+        entry = known.get(wanted) or known.get(os.path.expanduser(wanted))
+        if entry is None and "/" not in wanted and ":" not in wanted:
+            labels = ", ".join(str(e["label"]) for e in entries if e.get("label")) or "none"
+            raise UsageError(f"--repository {wanted}: no repository of {path} has that label (labels: {labels})")
         # A location the configuration does not list is read with its general settings.
-        entry = known.get(wanted) or known.get(os.path.expanduser(wanted)) or {"path": wanted}
+        entry = entry or {"path": wanted}
     return _repository(path, config, entry)
 
 
