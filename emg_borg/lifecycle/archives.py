@@ -131,7 +131,8 @@ def _select(catalog: Catalog, wanted: str | None, when, nodes: NodeChoice) -> Ar
     if wanted and wanted != "latest":
         entry = catalog.named(wanted)
         if entry is None:
-            raise UsageError(f"archive {wanted!r} not found in {repository}")
+            among = f" among the archives named {repository.match_archives}" if repository.match_archives else ""
+            raise UsageError(f"archive {wanted!r} not found in {repository}{among}")
         archive = catalog.archive(entry, skip_newer=False)
         if archive is None:
             raise UsageError(f"archive {wanted!r} has no {MANIFEST_ARCHIVE_PATH}: it was not made by emg-borg")
