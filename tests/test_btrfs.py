@@ -33,7 +33,7 @@ def test_borgmatic_archives_snapshot_content_not_later_live_changes(btrfs_emg, b
     seen = emg.tmp / "subvolumes-during-backup"
     hook = (f"    - before: action\n      when: [create]\n      run:\n          - printf rewritten > {queue}\n"
             f"          - btrfs subvolume list {btrfs_mount} > {seen}\n")
-    config.write_text(config.read_text().replace("    - after: action\n", hook + "    - after: action\n", 1))
+    config.write_text(config.read_text().replace("    - after: configuration\n", hook + "    - after: configuration\n", 1))
     run(["borgmatic", "--config", str(config), "create"])
     assert queue.read_bytes() == b"rewritten"
     tag = RuntimeDir(emg.runtime).instance_tag

@@ -178,8 +178,8 @@ def test_overflow_fails_borgmatic_loudly_naming_the_archive_and_removes_the_snap
     snapshot = f"vg0/spool_{tag(emg)}"
     overflow = f"    - before: action\n      when: [create]\n      run:\n          - {sys.executable} {FAKES} fill {snapshot}\n"
     text = config.read_text()
-    assert "    - after: action\n" in text
-    config.write_text(text.replace("    - after: action\n", overflow + "    - after: action\n", 1))
+    assert "    - after: configuration\n" in text
+    config.write_text(text.replace("    - after: configuration\n", overflow + "    - after: configuration\n", 1))
 
     result = run(["borgmatic", "--config", str(config), "create"], check=False)
     output = result.stdout + result.stderr

@@ -139,7 +139,7 @@ def test_at_picks_the_right_one_of_three_archives(emg, mariadb, tmp_path):
     assert all(a["snapshot_provider"] == "none" and a["dump_bytes"] > 0 for a in listed)
     times = {a["message_id"]: datetime.datetime.fromisoformat(a["time"]) for a in listed}
     table = emg.emg_borg("archives", "--repository", str(emg.repo)).stdout.splitlines()
-    assert table[0].split() == ["time", "message", "id", "provider", "freeze", "ms", "dump", "archive"]
+    assert table[0].split() == ["time", "message", "id", "provider", "freeze", "ms", "dump", "node", "archive"]
     assert [line.split()[1] for line in table[1:]] == ["3000", "2000", "1049"]
     assert [line.split()[-1] for line in table[1:]] == [a["name"] for a in listed]
 

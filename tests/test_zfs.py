@@ -180,7 +180,7 @@ def test_borgmatic_create_archives_the_snapshot_under_live_paths(tmp_path, pool,
     # emg-borg's own before-backup hook in borgmatic's configuration does that.
     config = emg.borgmatic_config()
     hook = f"    - before: action\n      when: [create]\n      run:\n          - printf rewritten > {queue}\n"
-    config.write_text(config.read_text().replace("    - after: action\n", hook + "    - after: action\n", 1))
+    config.write_text(config.read_text().replace("    - after: configuration\n", hook + "    - after: configuration\n", 1))
     result = run(["borgmatic", "--config", str(config), "create", "-v", "1"])
     output = result.stderr + result.stdout
     assert queue.read_bytes() == b"rewritten"

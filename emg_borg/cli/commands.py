@@ -20,9 +20,10 @@ def print_json(data) -> None:
     print(json.dumps(data, indent=2, default=str))
 
 
-def _selection(args) -> archives.Selection:
+def _selection(args, manager) -> archives.Selection:
+    nodes = archives.node_choice(args.host, args.node, args.any_node, args.config, manager)
     return archives.Selection(repository=args.repository, borgmatic_config=args.borgmatic_config,
-                              archive=args.archive, at=args.at)
+                              archive=args.archive, at=args.at, nodes=nodes)
 
 
 def _config(args, manager, required=True):
@@ -57,7 +58,8 @@ def before_backup(args, manager) -> int:
 
 def release_run(args, manager) -> int:
     outcome = release.release_backup(_config(args, manager), manager, force=args.force, repository=args.repository,
-                                     dry_run=args.dry_run, command=args.command)
+                                     dry_run=args.dry_run, borgmatic_config=args.borgmatic_config,
+                                     command=args.command)
     logger.info("%s: %s", args.command, outcome)
     return EXIT_OK
 
@@ -109,32 +111,35 @@ def config(args, manager) -> int:
 
 
 def list_archives(args, manager) -> int:
-    rows = [a.summary() for a in archives.emg_archives(archives.resolve_repository(args.repository,
-                                                                                     args.borgmatic_config))]
+    repository = archives.resolve_repository(args.repository, args.borgmatic_config)
+    nodes = archives.NodeChoice(args.host, args.node, args.any_node)  # every node's unless narrowed
+    rows = [{**a.summary(), "node": archives.Node.of(a.manifest).label}
+            for a in archives.emg_archives(repository, nodes)]
     if args.json:
         print_json(rows)
         return EXIT_OK
     if not rows:
         logger.info("no emg-borg archives (archives without emg-borg/manifest.json do not count)")
         return EXIT_OK
-    print(f"{'time':<25} {'message id':>12} {'provider':<9} {'freeze ms':>10} {'dump':>10}  archive")
+    width = max(len("node"), *(len(row["node"]) for row in rows))
+    print(f"{'time':<25} {'message id':>12} {'provider':<9} {'freeze ms':>10} {'dump':>10}  {'node':<{width}}  archive")
     for row in rows:
         freeze = "-" if row["freeze_window_ms"] is None else f"{row['freeze_window_ms']:.1f}"
         dump = "-" if row["dump_bytes"] is None else extract.human_size(row["dump_bytes"])
         print(f"{row['time']:<25} {str(row['message_id']):>12} {str(row['snapshot_provider']):<9} {freeze:>10} "
-              f"{dump:>10}  {row['name']}")
+              f"{dump:>10}  {row['node']:<{width}}  {row['name']}")
     return EXIT_OK
 
 
 def patterns(args, manager) -> int:
-    sys.stdout.write(extract.patterns_of(_selection(args), args.categories))
+    sys.stdout.write(extract.patterns_of(_selection(args, manager), args.categories))
     return EXIT_OK
 
 
 def extract_archive(args, manager) -> int:
     if args.dry_run:
         extract.check_destination(args.destination, args.in_place)
-        result = extract.extract_plan(_selection(args), args.categories)
+        result = extract.extract_plan(_selection(args, manager), args.categories)
         if args.json:
             print_json(result)
             return EXIT_OK
@@ -145,7 +150,7 @@ def extract_archive(args, manager) -> int:
             for item in items:
                 print(f"  {item['path']}")
         return EXIT_OK
-    result = extract.extract_categories(_selection(args), args.categories, args.destination, args.in_place)
+    result = extract.extract_categories(_selection(args, manager), args.categories, args.destination, args.in_place)
     if args.json:
         print_json(result)
     else:
@@ -156,7 +161,7 @@ def extract_archive(args, manager) -> int:
 
 def restore_archive(args, manager) -> int:
     request = restore.RestoreRequest(
-        selection=_selection(args), categories=args.categories, skip_data=args.skip_data, message_id=args.message_id,
+        selection=_selection(args, manager), categories=args.categories, skip_data=args.skip_data, message_id=args.message_id,
         load_database=args.database, force_database=args.force_database, force=args.force, target=args.target,
         dry_run=args.dry_run, old_spool=args.old_spool,
     )
@@ -183,7 +188,7 @@ def restore_archive(args, manager) -> int:
 
 
 def verify_archive(args, manager) -> int:
-    verdict = verify.verify(_config(args, manager, required=False), manager, _selection(args), load_dump=args.load_dump,
+    verdict = verify.verify(_config(args, manager, required=False), manager, _selection(args, manager), load_dump=args.load_dump,
                             scratch_db=args.scratch_db, scratch_dir=args.scratch_dir)
     if args.json:
         print_json(verdict.to_dict())

@@ -30,14 +30,22 @@ class _Parser(argparse.ArgumentParser):
 def _add_selection(parser) -> None:
     """Archive selection shared by archives, patterns, extract, restore and verify."""
     parser.add_argument("--repository", metavar="REPO",
-                        help="borg repository (default: the first of --borgmatic-config, else $BORG_REPO)")
+                        help="borg repository (default: the first of --borgmatic-config, else $BORG_REPO); with "
+                             "--borgmatic-config also the label or path of one of its repositories")
     parser.add_argument("--borgmatic-config", metavar="FILE",
-                        help="take the repository and its passphrase settings from this borgmatic configuration")
+                        help="take the repository and what borg needs to read it (passphrase, ssh_command, "
+                             "remote_path, key directory, archive names) from this borgmatic configuration")
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--archive", metavar="NAME", default=None, help="archive name, or 'latest' (default)")
     group.add_argument("--at", metavar="WHEN",
                        help="the newest archive created at or before WHEN, e.g. '2026-11-20 14:00' (local time "
                             "unless a zone is given)")
+    parser.add_argument("--host", metavar="NAME", help="choose among the archives of the node with this hostname "
+                                                       "(default: this machine's)")
+    parser.add_argument("--node", metavar="N", type=int,
+                        help="choose among the archives of the node with this NODEID (default: this machine's, "
+                             "from server.cfg)")
+    parser.add_argument("--any-node", action="store_true", help="choose among the archives of every node")
 
 
 def _command(sub, name: str, summary: str, description: str | None = None):
@@ -71,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
                                       f"{text}. Idempotent; leaves another live run's resources alone.")
         p.add_argument("--dry-run", action="store_true", help="list what would be released; release nothing")
         p.add_argument("--repository", help="the repository borgmatic backed up to, to name an untrustworthy archive")
+        p.add_argument("--borgmatic-config", metavar="FILE",
+                       help="borgmatic's configuration ({configuration_filename}): name an untrustworthy archive "
+                            "in each of its repositories")
         p.add_argument("--force", action="store_true", help="release even if another live process holds the run lock")
 
     p = _command(sub, "doctor", "check everything a backup needs; change nothing",

@@ -41,6 +41,7 @@ class BackupRun:
     step: str = "start"  # what the run is doing (named when a bound is passed)
     warnings: list = dataclasses.field(default_factory=list)  # for the log and the manifest
     repository: str | None = None
+    borgmatic_config: str | None = None  # its repositories are searched for an untrustworthy archive
     plugin_state: dict = dataclasses.field(default_factory=dict)  # per-plugin scratch space
     release_errors: list = dataclasses.field(default_factory=list)  # releases that failed
     failures: list = dataclasses.field(default_factory=list)  # problems found while releasing

@@ -40,12 +40,19 @@ def error_line(stderr: str, levels=("ERROR", "CRITICAL")) -> str:
     return errors[-1] if errors else last_line(stderr)
 
 
-def list_archives(repository: str, env=None) -> list[dict]:
-    """Archives of a repository, oldest first, each with `name`, `start`, `time`, `id`."""
-    result = run((BORG, "list", "--json", repository), check=False, env=env)
+def list_repository(repository: str, env=None, glob: str | None = None) -> dict:
+    """`borg list --json` of a repository: `repository` (with its `id`) and `archives`, oldest
+    first, each with `name`, `id`, `start`, `time`; with `glob`, only archives whose names match it."""
+    argv = (BORG, "list", "--json", *(("--glob-archives", glob) if glob else ()), repository)
+    result = run(argv, check=False, env=env)
     if result.returncode != 0:
         raise _error(f"borg list {repository}", result)
-    return json.loads(result.stdout)["archives"]
+    return json.loads(result.stdout)
+
+
+def list_archives(repository: str, env=None, glob: str | None = None) -> list[dict]:
+    """Archives of a repository, oldest first, each with `name`, `start`, `time`, `id`."""
+    return list_repository(repository, env, glob)["archives"]
 
 
 def list_items(repository: str, archive: str, patterns_from, env=None) -> list[dict]:

@@ -65,14 +65,14 @@ def release_and_unlock(run: BackupRun, lock: RunLock) -> None:
                 lock.release()
 
 
-def release_backup(config, manager, *, force=False, repository=None, dry_run=False,
+def release_backup(config, manager, *, force=False, repository=None, dry_run=False, borgmatic_config=None,
                    command=outcome.AFTER_BACKUP) -> str:
     """`after-backup` / `on-error` (`command`): release the run's snapshot, mounts, staging and lock,
     then report the run's end to the plugins (after-backup: a success; on-error: a failure)."""
     runtime = RuntimeDir(config["backup"]["runtime_dir"])
     lock = RunLock(runtime.lock)
     run = BackupRun(config=config, runtime=runtime, ledger=Ledger(runtime.ledger), hook=manager.hook,
-                    repository=repository, dry_run=dry_run)
+                    repository=repository, dry_run=dry_run, borgmatic_config=borgmatic_config)
     if not runtime.root.exists() or (not run.ledger.entries and lock.read() is None):
         with contextlib.suppress(FileNotFoundError):
             runtime.patterns.unlink()
@@ -105,13 +105,6 @@ def run_archive(run: BackupRun) -> str:
     run_id = run.ledger.meta.get("run_id", run.run_id)
     started = run.ledger.meta.get("started", run.started)
     which = f"the archive of emg-borg run {run_id} (started {started})"
-    if not run.repository:
+    if not run.repository and not run.borgmatic_config:
         return which
-    try:
-        found = archives.archive_of_run(archives.Repository(run.repository), run_id)
-    except (EmgBorgError, ValueError, KeyError, OSError) as error:
-        reason = " ".join(str(error).split()) or type(error).__name__
-        return f"{which} in {run.repository} (the archive could not be looked up: {reason})"
-    if found is None:
-        return f"{which}, if borg wrote one to {run.repository}"
-    return f"archive {run.repository}::{found.name} (emg-borg run {run_id}, started {started})"
+    return archives.name_run_archive(which, run_id, started, run.repository, run.borgmatic_config)
