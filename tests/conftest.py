@@ -4,6 +4,7 @@ borgmatic as a user would."""
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import itertools
 import json
@@ -11,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -54,18 +56,51 @@ def mariadb(tmp_path_factory):
         server.stop()
 
 
-@pytest.fixture(autouse=True)
-def borg_environment(tmp_path_factory, monkeypatch):
-    """borg's cache, keys and security dirs in a per-session temp dir; a known passphrase; the
-    test's process mark."""
+def set_borg_environment(monkeypatch, tmp_path_factory) -> None:
+    """borg's cache, keys and security dirs in a per-session temp dir; a known passphrase."""
     base = tmp_path_factory.getbasetemp() / "borg-base"
     base.mkdir(exist_ok=True)
-    monkeypatch.setenv(TEST_MARK, uuid.uuid4().hex)
     monkeypatch.setenv("BORG_BASE_DIR", str(base))
     monkeypatch.setenv("BORG_PASSPHRASE", "emg-borg-test-passphrase")
     monkeypatch.setenv("BORG_RELOCATED_REPO_ACCESS_IS_OK", "yes")
     monkeypatch.setenv("BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK", "yes")
     monkeypatch.delenv("BORG_REPO", raising=False)
+
+
+@pytest.fixture(autouse=True)
+def borg_environment(tmp_path_factory, monkeypatch):
+    """set_borg_environment for each test, and the test's process mark."""
+    set_borg_environment(monkeypatch, tmp_path_factory)
+    monkeypatch.setenv(TEST_MARK, uuid.uuid4().hex)
+
+
+EMGD_GATE = Path(tempfile.gettempdir()) / "emg-borg-tests-emgd.gate"
+EMGD_LOCK = Path(tempfile.gettempdir()) / "emg-borg-tests-emgd.lock"
+
+
+@pytest.fixture(autouse=True)
+def emgd_on_this_machine(request):
+    """`emg-borg restore` refuses while any emgd runs on the machine, and a test marked
+    `starts_emgd` starts a (fake) one: such a test runs alone among the tests marked
+    `runs_restore`, across pytest-xdist workers too. An exclusive lock on one file for the first,
+    a shared one for the others; a gate file makes a waiting `starts_emgd` test go next."""
+    if request.node.get_closest_marker("starts_emgd"):
+        mode = fcntl.LOCK_EX
+    elif request.node.get_closest_marker("runs_restore"):
+        mode = fcntl.LOCK_SH
+    else:
+        yield
+        return
+    with open(EMGD_GATE, "a") as gate, open(EMGD_LOCK, "a") as lock:
+        fcntl.flock(gate, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(lock, mode)
+        finally:
+            fcntl.flock(gate, fcntl.LOCK_UN)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 class Emg:

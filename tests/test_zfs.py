@@ -434,7 +434,7 @@ def test_zfs_tests_skip_locally_but_fail_under_ci_when_zfs_fuse_cannot_be_used(t
         fake.chmod(0o755)
     env = {**os.environ, "PATH": f"{fakes}{os.pathsep}{os.environ['PATH']}", "CI": ci}
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "--basetemp", str(tmp_path / "child"),
+        [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "-n", "0", "--basetemp", str(tmp_path / "child"),
          f"{__file__}::test_change_after_snapshot_is_not_in_archive"],
         capture_output=True, text=True, env=env, cwd=Path(__file__).resolve().parent.parent, timeout=300,
     )
