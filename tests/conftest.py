@@ -36,6 +36,13 @@ REAL = {name: shutil.which(name) or name for name in ("findmnt", "losetup", "btr
 TEST_MARK = "EMG_BORG_TEST_MARK"
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `slow` first: pytest-xdist hands tests out in this order, and a long test
+    handed out last would be the run's tail. (xdist's loadgroup puts the largest group, ZFS,
+    first by itself.)"""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 @pytest.fixture(scope="session")
 def mariadb(tmp_path_factory):
     """One MariaDB per session, and under pytest-xdist one per worker: each in a directory of its

@@ -26,7 +26,7 @@ import pytest
 
 from conftest import Emg, borg, borg_list, dump_path, leftovers
 
-pytestmark = [pytest.mark.e2e, pytest.mark.loop]
+pytestmark = [pytest.mark.e2e, pytest.mark.loop, pytest.mark.slow]
 
 WRITER = r"""
 import os, sys, pymysql

@@ -157,6 +157,7 @@ def test_patterns_for_nested_logs_work_with_plain_borg_extract(archived, tmp_pat
     assert set(files_under(destination)) == {rel(p) for p in emg.tree.logdir.rglob("*") if p.is_file()}
 
 
+@pytest.mark.slow
 def test_at_picks_the_right_one_of_three_archives(emg, mariadb, tmp_path):
     ids = [1049, 2000, 3000]
     for number, message_id in enumerate(ids):
@@ -437,6 +438,7 @@ def test_restore_into_a_mounted_spool_keeps_the_old_content_in_a_hidden_director
         subprocess.run(["umount", str(spool)], check=True)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("captured", [None, 0], ids=["none", "zero"])
 def test_restore_without_a_known_message_id_writes_no_seqno(tmp_path, captured):
     """An archive whose backup captured no message id (None: no database and no [seqno] command;
@@ -534,6 +536,7 @@ def rebuilt_archive(emg, tmp_path, name, change) -> str:
     return name
 
 
+@pytest.mark.slow
 def test_message_id_out_of_range_is_a_usage_error(emg, mariadb, tmp_path):
     emg.borgmatic_create()
 
@@ -598,6 +601,7 @@ def test_sigterm_removes_the_decrypted_dump(emg, mariadb, tmp_path, command):
     assert list(temp.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_verify_passes_on_a_good_archive_and_fails_on_an_altered_dump(emg, mariadb, tmp_path):
     emg.borgmatic_create()
     good = newest(emg)
