@@ -1,14 +1,20 @@
-"""Shared fixtures: one throwaway MariaDB per test session, a sample EMG tree per test, a borg
-repository per test, and helpers to run emg-borg, borg and borgmatic as a user would."""
+"""Shared fixtures: one throwaway MariaDB per test session (per worker under pytest-xdist), a
+sample EMG tree per test, a borg repository per test, and helpers to run emg-borg, borg and
+borgmatic as a user would."""
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import itertools
 import json
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
+import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -20,19 +26,44 @@ from emg_borg.demo.borgmatic import example_config
 ROOT = Path(__file__).resolve().parent.parent
 _db_counter = itertools.count(1)
 
+# The machine's own tools, looked up before any test puts a fake of them first on PATH: the
+# leftover checks look at the real mounts and loop devices.
+REAL = {name: shutil.which(name) or name for name in ("findmnt", "losetup", "btrfs", "zfs")}
+
+# Every process a test starts carries this variable with the test's own value (set per test by
+# `borg_environment`), and so does whatever those processes start: the leftover check finds a
+# test's processes by it, and nobody else's.
+TEST_MARK = "EMG_BORG_TEST_MARK"
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `slow` first: pytest-xdist hands tests out in this order, and a long test
+    handed out last would be the run's tail. (xdist's loadgroup puts the largest group, ZFS,
+    first by itself.)"""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
 
 @pytest.fixture(scope="session")
 def mariadb(tmp_path_factory):
-    server = mariadb_module.MariaDB(tmp_path_factory.mktemp("mariadb"))
-    server.start()
+    """One MariaDB per session, and under pytest-xdist one per worker: each in a directory of its
+    worker's own base temp dir, so with its own datadir and socket, on a free TCP port. Two
+    workers can be handed the same free port at once; the one that loses gets another."""
+    for attempt in range(3):
+        server = mariadb_module.MariaDB(tmp_path_factory.mktemp("mariadb"))
+        try:
+            server.start()
+            break
+        except RuntimeError:
+            server.stop()
+            if attempt == 2:
+                raise
     try:
         yield server
     finally:
         server.stop()
 
 
-@pytest.fixture(autouse=True)
-def borg_environment(tmp_path_factory, monkeypatch):
+def set_borg_environment(monkeypatch, tmp_path_factory) -> None:
     """borg's cache, keys and security dirs in a per-session temp dir; a known passphrase."""
     base = tmp_path_factory.getbasetemp() / "borg-base"
     base.mkdir(exist_ok=True)
@@ -41,6 +72,42 @@ def borg_environment(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("BORG_RELOCATED_REPO_ACCESS_IS_OK", "yes")
     monkeypatch.setenv("BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK", "yes")
     monkeypatch.delenv("BORG_REPO", raising=False)
+
+
+@pytest.fixture(autouse=True)
+def borg_environment(tmp_path_factory, monkeypatch):
+    """set_borg_environment for each test, and the test's process mark."""
+    set_borg_environment(monkeypatch, tmp_path_factory)
+    monkeypatch.setenv(TEST_MARK, uuid.uuid4().hex)
+
+
+EMGD_GATE = Path(tempfile.gettempdir()) / "emg-borg-tests-emgd.gate"
+EMGD_LOCK = Path(tempfile.gettempdir()) / "emg-borg-tests-emgd.lock"
+
+
+@pytest.fixture(autouse=True)
+def emgd_on_this_machine(request):
+    """`emg-borg restore` refuses while any emgd runs on the machine, and a test marked
+    `starts_emgd` starts a (fake) one: such a test runs alone among the tests marked
+    `runs_restore`, across pytest-xdist workers too. An exclusive lock on one file for the first,
+    a shared one for the others; a gate file makes a waiting `starts_emgd` test go next."""
+    if request.node.get_closest_marker("starts_emgd"):
+        mode = fcntl.LOCK_EX
+    elif request.node.get_closest_marker("runs_restore"):
+        mode = fcntl.LOCK_SH
+    else:
+        yield
+        return
+    with open(EMGD_GATE, "a") as gate, open(EMGD_LOCK, "a") as lock:
+        fcntl.flock(gate, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(lock, mode)
+        finally:
+            fcntl.flock(gate, fcntl.LOCK_UN)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 class Emg:
@@ -58,6 +125,16 @@ class Emg:
         self.config_path = tmp_path / "emg-borg.toml"
         self.write_config(provider, extra_config)
         self.repo = tmp_path / "repo.borg"
+        self.mark = os.environ.get(TEST_MARK)
+        # Loop devices on files of this test's directory that exist already (a fixture's Btrfs
+        # image) are not left by what the test does with this installation.
+        self.loops_before = {name for name, back in loop_devices() if inside(back, self.tmp)}
+
+    @property
+    def instance_tag(self) -> str:
+        """`emg-borg-` and 8 hex digits of the sha256 of the runtime directory: the name every
+        snapshot, clone and view of this installation carries, and no other installation's."""
+        return "emg-borg-" + hashlib.sha256(str(self.runtime).encode()).hexdigest()[:8]
 
     def write_config(self, provider="none", extra=""):
         self.config_path.write_text(
@@ -124,13 +201,155 @@ def emg(tmp_path, mariadb):
     return Emg(tmp_path, mariadb)
 
 
-def leftovers(emg: Emg) -> list[str]:
-    """Anything emg-borg left behind: files in runtime_dir, mounts under it or named after it."""
+def inside(path, top) -> bool:
+    """`path` is `top` or lies below it (not merely starts with the same characters)."""
+    path, top = str(path), str(top).rstrip("/") or "/"
+    return path == top or path.startswith(top if top == "/" else top + "/")
+
+
+def mount_table(fakes: bool = True) -> list[tuple[str, str]]:
+    """(target, source) of every mount the kernel shows, and (`fakes`) the targets a fake
+    `findmnt` first on PATH shows (the LVM tests' world)."""
+    out = subprocess.run([REAL["findmnt"], "--json", "--list", "--output", "TARGET,SOURCE"],
+                         capture_output=True, text=True, check=True).stdout
+    rows = [(fs["target"], fs.get("source") or "") for fs in json.loads(out)["filesystems"]]
+    on_path = shutil.which("findmnt") if fakes else None
+    if on_path and os.path.realpath(on_path) != os.path.realpath(REAL["findmnt"]):
+        fake = subprocess.run([on_path, "--list", "--noheadings", "--output", "TARGET"], capture_output=True, text=True)
+        rows += [(target, "") for target in fake.stdout.splitlines() if target.strip()]
+    return rows
+
+
+def loop_devices() -> list[tuple[str, str]]:
+    """(device, backing file) of every loop device in use."""
+    out = subprocess.run([REAL["losetup"], "--list", "--json", "--output", "NAME,BACK-FILE"],
+                         capture_output=True, text=True).stdout
+    if not out.strip():
+        return []
+    return [(d["name"], (d.get("back-file") or "").removesuffix(" (deleted)")) for d in json.loads(out)["loopdevices"]]
+
+
+def marked_processes(mark: str, exclude=()) -> list[str]:
+    """The processes whose environment carries the test mark `mark`: those the test started and
+    whatever they started, wherever they were reparented to."""
+    needle = f"\0{TEST_MARK}={mark}\0".encode()
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit() or int(entry.name) in exclude:
+            continue
+        try:
+            environ = b"\0" + Path(entry.path, "environ").read_bytes()
+            cmdline = Path(entry.path, "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+        except OSError:
+            continue  # gone meanwhile
+        if needle in environ:
+            found.append(f"process {entry.name}: {cmdline}")
+    return found
+
+
+def _spool_file_system(emg: Emg) -> tuple[str, str, str] | None:
+    spooldir = emg.tree.spooldir
+    while not spooldir.exists() and spooldir != spooldir.parent:
+        spooldir = spooldir.parent
+    out = subprocess.run([REAL["findmnt"], "--json", "--output", "TARGET,SOURCE,FSTYPE", "--target", str(spooldir)],
+                         capture_output=True, text=True).stdout
+    if not out.strip():
+        return None
+    fs = json.loads(out)["filesystems"][0]
+    return fs["target"], fs.get("source") or "", fs["fstype"]
+
+
+def _own_snapshots(emg: Emg) -> list[str]:
+    """This installation's Btrfs subvolumes or ZFS datasets on the spool's file system (a test's
+    own loop-mounted Btrfs or test pool): names carrying its instance tag."""
+    spool_fs = _spool_file_system(emg)
+    if spool_fs is None:
+        return []
+    target, source, fstype = spool_fs
+    if fstype == "btrfs":
+        listed = subprocess.run([REAL["btrfs"], "subvolume", "list", target], capture_output=True, text=True)
+        if listed.returncode != 0:
+            return [f"cannot list the Btrfs subvolumes of {target}: {listed.stderr.strip()}"]
+        return [f"btrfs subvolume {line.split(' path ', 1)[-1]} on {target}"
+                for line in listed.stdout.splitlines() if emg.instance_tag in line]
+    if fstype in ("zfs", "fuse.zfs"):
+        pool = source.split("/")[0].split("@")[0]
+        listed = subprocess.run([REAL["zfs"], "list", "-H", "-t", "all", "-o", "name", "-r", pool],
+                                capture_output=True, text=True, timeout=60)
+        if listed.returncode != 0:
+            return [f"cannot list the ZFS datasets of {pool}: {listed.stderr.strip()}"]
+        return [f"zfs {name}" for name in listed.stdout.split() if emg.instance_tag in name]
+    return []
+
+
+def _mariadb_sessions(emg: Emg) -> list[str]:
+    """Sessions on the test's MariaDB using the test's own database (a lock holder left open)."""
+    if emg.mariadb is None or emg.mariadb.process is None:
+        return []
+    rows = emg.mariadb.sql("SELECT ID, USER, COMMAND, IFNULL(INFO, '') FROM information_schema.PROCESSLIST "
+                           f"WHERE DB = '{emg.database}' AND ID <> CONNECTION_ID()")
+    return [f"mariadb session {row}" for row in rows.splitlines() if row.strip()]
+
+
+def _leftovers_now(emg: Emg) -> list[str]:
     found = []
     if emg.runtime.exists():
         found += [str(p) for p in emg.runtime.rglob("*")]
-    mounts = subprocess.run(["findmnt", "--list", "--noheadings", "--output", "TARGET"], capture_output=True, text=True).stdout
-    found += [m for m in mounts.splitlines() if m.startswith(str(emg.runtime)) or "emg-borg" in m]
+    tag = emg.instance_tag
+    for target, source in mount_table():
+        below_tmp = inside(target, emg.tmp) and "emg-borg" in os.path.relpath(target, emg.tmp)
+        if inside(target, emg.runtime) or below_tmp or tag in target or tag in source:
+            found.append(f"mount {target} ({source})" if source else f"mount {target}")
+    found += [f"loop device {name} on {back}" for name, back in loop_devices()
+              if inside(back, emg.tmp) and name not in emg.loops_before]
+    if emg.mark:
+        exclude = {os.getpid()}
+        if emg.mariadb is not None and emg.mariadb.process is not None:
+            exclude.add(emg.mariadb.process.pid)  # the session's server, started before this test
+        found += marked_processes(emg.mark, exclude)
+    found += _own_snapshots(emg)
+    found += _mariadb_sessions(emg)
+    return found
+
+
+def leftovers(emg: Emg, settle: float = 2.0) -> list[str]:
+    """Anything this installation's runs left behind, looking only at the test's own resources:
+    files in its runtime_dir; mounts below its runtime_dir, named emg-borg below its temp dir, or
+    carrying its instance tag (as target or source); loop devices on files of its temp dir that
+    were not there when it was made; processes carrying the test's mark; subvolumes or datasets
+    with its instance tag on the spool's Btrfs or ZFS; sessions on its database. A real emg-borg
+    run on the same machine (mounts under /var/lib/emg-borg) is none of these.
+
+    Something that is gone within `settle` seconds (a process exiting, a server closing a
+    session) is not a leftover."""
+    deadline = time.monotonic() + settle
+    while True:
+        found = _leftovers_now(emg)
+        if not found or time.monotonic() >= deadline:
+            return found
+        time.sleep(0.2)
+
+
+def dump_path(manifest: dict) -> str:
+    """The archive path of the (first) database dump: `dumps[0].path` from format_version 2 on,
+    `mysql.dump` before."""
+    if "dumps" in manifest:
+        return manifest["dumps"][0]["path"]
+    return manifest["mysql"]["dump"]
+
+
+def claimed_binlog(manifest) -> dict:
+    """Every binlog field with a value, wherever the manifest's format keeps it."""
+    found = {}
+    if isinstance(manifest, dict):
+        for key, value in manifest.items():
+            if "binlog" in key and value not in (None, "", {}):
+                found[key] = value
+            else:
+                found.update(claimed_binlog(value))
+    elif isinstance(manifest, list):
+        for item in manifest:
+            found.update(claimed_binlog(item))
     return found
 
 
@@ -139,8 +358,7 @@ def have(*commands) -> bool:
 
 
 def _umount_all_under(path: Path) -> None:
-    mounts = subprocess.run(["findmnt", "--list", "--noheadings", "--output", "TARGET"], capture_output=True, text=True).stdout
-    for target in sorted((m for m in mounts.splitlines() if m.startswith(str(path))), key=len, reverse=True):
+    for target in sorted({t for t, _ in mount_table(fakes=False) if inside(t, path)}, key=len, reverse=True):
         if subprocess.run(["umount", target], capture_output=True).returncode != 0:
             subprocess.run(["umount", "-l", target], capture_output=True)
 
@@ -174,9 +392,9 @@ def btrfs_mount(tmp_path):
         yield mount_point
     finally:
         _umount_all_under(tmp_path)
-        loops = subprocess.run(["losetup", "-j", str(image)], capture_output=True, text=True).stdout
-        for line in loops.splitlines():
-            subprocess.run(["losetup", "-d", line.split(":")[0]], capture_output=True)
+        for name, back in loop_devices():
+            if back == str(image):
+                subprocess.run([REAL["losetup"], "-d", name], capture_output=True)
 
 
 def borg_extract_all(repo, archive, destination: Path) -> Path:

@@ -66,6 +66,7 @@ def test_borgmatic_config_repository_and_passphrase(tmp_path, monkeypatch):
         archives.borgmatic_repository(config)
 
 
+@pytest.mark.slow
 def test_archive_of_run_finds_the_run_by_its_manifest_among_the_newest(tmp_path):
     repo = tmp_path / "repo.borg"
     borg("init", "--encryption=repokey-blake2", str(repo))

@@ -93,6 +93,10 @@ def test_stale_snapshot_of_crashed_run_is_removed_foreign_kept(btrfs_emg, btrfs_
     (emg.runtime / "lock").unlink()
     foreign = btrfs_mount / "someone-elses-snapshot"
     subprocess.run(["btrfs", "subvolume", "snapshot", "-r", str(btrfs_mount / "spool"), str(foreign)], check=True)
+    # The leftover check sees the crashed run's snapshot and its mounts, and only those.
+    found = leftovers(emg, settle=0)
+    assert [f for f in found if f.startswith("btrfs subvolume")] == [f"btrfs subvolume {tag} on {btrfs_mount}"], found
+    assert [f for f in found if f.startswith("mount ")], found
     result = emg.emg_borg("before-backup")
     assert "unmounting leftover snapshot view" in result.stderr and "removing leftover snapshot" in result.stderr
     emg.emg_borg("after-backup")

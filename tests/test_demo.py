@@ -8,7 +8,7 @@ import pytest
 
 from conftest import run
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.runs_restore, pytest.mark.slow]
 
 
 def test_demo_backs_up_and_restores(tmp_path):

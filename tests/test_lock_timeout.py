@@ -11,24 +11,51 @@ import time
 import pymysql
 import pytest
 
-from conftest import leftovers
+from conftest import claimed_binlog, leftovers
 
 pytestmark = pytest.mark.e2e
 
+LONG = 60  # seconds the blocking query would run; the test kills it once it has served
 
-def long_query(mariadb, database, seconds):
-    """A long-running write, which FLUSH TABLES WITH READ LOCK must wait for."""
-    connection = pymysql.connect(unix_socket=mariadb.socket, user="root", database=database, autocommit=True)
+# 1.5, not 1: emg-borg also sets the server's lock_wait_timeout, to the timeout rounded up (2 s),
+# so its own watchdog (1.5 s) always ends the wait. With 1 both fire at the same moment, and a
+# watchdog KILL QUERY arriving after the server's timeout interrupts emg-borg's next query
+# ("Query execution was interrupted": an emg-borg race, about 1 run in 30).
+TIMEOUT = "1.5"
 
-    def run():
-        with connection.cursor() as cursor:
-            cursor.execute(f"UPDATE routelog SET status = status + SLEEP({seconds}) ORDER BY id LIMIT 1")
-        connection.close()
 
-    thread = threading.Thread(target=run)
-    thread.start()
-    time.sleep(0.3)
-    return thread
+class LongQuery:
+    """A long-running write, which FLUSH TABLES WITH READ LOCK must wait for; running (seen in
+    the server's process list) when the constructor returns."""
+
+    def __init__(self, mariadb, database):
+        self.mariadb = mariadb
+        self.connection = pymysql.connect(unix_socket=mariadb.socket, user="root", database=database, autocommit=True)
+        self.id = self.connection.thread_id()
+        self.thread = threading.Thread(target=self._run)
+        self.thread.start()
+        deadline = time.monotonic() + 10
+        while "User sleep" not in mariadb.sql(f"SELECT STATE FROM information_schema.PROCESSLIST WHERE ID = {self.id}"):
+            assert self.thread.is_alive() and time.monotonic() < deadline, "the long query did not start"
+            time.sleep(0.05)
+
+    def _run(self):
+        try:
+            with self.connection.cursor() as cursor:
+                cursor.execute(f"UPDATE routelog SET status = status + SLEEP({LONG}) ORDER BY id LIMIT 1")
+        except pymysql.err.OperationalError:
+            pass  # killed by stop()
+        finally:
+            self.connection.close()
+
+    def running(self) -> bool:
+        return self.thread.is_alive()
+
+    def stop(self):
+        if self.thread.is_alive():
+            self.mariadb.sql(f"KILL QUERY {self.id}")
+        self.thread.join(timeout=30)
+        assert not self.thread.is_alive()
 
 
 def insert_takes(mariadb, database) -> float:
@@ -41,30 +68,42 @@ def insert_takes(mariadb, database) -> float:
 
 
 def test_required_lock_times_out_cleanly(emg, mariadb):
-    emg.write_config("none", "[mysql]\nlock_timeout = 1\n")
-    blocker = long_query(mariadb, emg.database, 6)
-    started = time.monotonic()
-    result = emg.emg_borg("before-backup", check=False)
-    elapsed = time.monotonic() - started
-    assert result.returncode == 1
-    errors = [line for line in result.stderr.splitlines() if line.startswith("emg-borg: error:")]
-    assert len(errors) == 1 and "cannot take a global read lock" in errors[0] and "waited 1 s" in errors[0]
-    assert 'lock = "best-effort"' in errors[0]
-    assert elapsed < 5
-    # The killed FLUSH does not linger: writers go on while the long query still runs.
-    assert insert_takes(mariadb, emg.database) < 1
-    blocker.join()
+    emg.write_config("none", f"[mysql]\nlock_timeout = {TIMEOUT}\n")
+    blocker = LongQuery(mariadb, emg.database)
+    try:
+        started = time.monotonic()
+        result = emg.emg_borg("before-backup", check=False)
+        elapsed = time.monotonic() - started
+        assert blocker.running()
+        assert result.returncode == 1
+        errors = [line for line in result.stderr.splitlines() if line.startswith("emg-borg: error:")]
+        assert len(errors) == 1 and "cannot take a global read lock" in errors[0] and f"waited {TIMEOUT} s" in errors[0]
+        assert 'lock = "best-effort"' in errors[0]
+        assert elapsed < 5
+        # The killed FLUSH does not linger: writers go on while the long query still runs.
+        assert insert_takes(mariadb, emg.database) < 1
+        assert blocker.running()
+    finally:
+        blocker.stop()
     assert leftovers(emg) == []
 
 
 def test_best_effort_goes_on_unlocked_and_says_so(emg, mariadb):
-    emg.write_config("none", '[mysql]\nlock_timeout = 1\nlock = "best-effort"\n')
-    blocker = long_query(mariadb, emg.database, 4)
-    result = emg.emg_borg("before-backup", "--json")
-    blocker.join()
-    assert "warning: no global read lock" in result.stderr
+    emg.write_config("none", f'[mysql]\nlock_timeout = {TIMEOUT}\nlock = "best-effort"\n')
+    blocker = LongQuery(mariadb, emg.database)
+    try:
+        result = emg.emg_borg("before-backup", "--json")
+        assert blocker.running()  # the lock was refused because of it, not taken after it ended
+    finally:
+        blocker.stop()
+    assert f"warning: no global read lock (waited {TIMEOUT} s)" in result.stderr
     manifest = json.loads(result.stdout)
     assert manifest["consistency_lock"] == "failed, unlocked (best-effort)"
-    assert "binlog_file" not in manifest["dumps"][0]
+    assert claimed_binlog(manifest) == {}  # no binlog position is claimed without the lock
+    emg.emg_borg("after-backup")
+    # With nothing in the way the lock is held and the binlog position recorded (which shows the
+    # check above would see one).
+    locked = json.loads(emg.emg_borg("before-backup", "--json").stdout)
+    assert locked["consistency_lock"] == "held" and claimed_binlog(locked)
     emg.emg_borg("after-backup")
     assert leftovers(emg) == []

@@ -37,6 +37,7 @@ def test_emgd_found_by_comm_or_by_executable_name(tmp_path):
     assert proc.emgd_pids(proc=str(tmp_path / "none")) == []
 
 
+@pytest.mark.starts_emgd
 @pytest.mark.parametrize("name", ["emgd", "emgd-7.2.0-50785"])
 def test_a_running_emgd_is_found_under_its_versioned_name(tmp_path, name):
     binary = tmp_path / "bin" / name

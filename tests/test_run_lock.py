@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -21,7 +23,7 @@ def test_two_scripts_from_one_parent_are_two_owners(emg, tmp_path):
     first.write_text(f"{cli} before-backup || exit 1\ntouch {tmp_path}/first-ready\nsleep 30\n{cli} after-backup\n")
     second = tmp_path / "second.sh"
     second.write_text(f"{cli} before-backup 2> {tmp_path}/second.err || {cli} on-error 2> {tmp_path}/on-error.err\n")
-    runner = subprocess.Popen(["bash", str(first)])
+    runner = subprocess.Popen(["bash", str(first)], start_new_session=True)  # its sleep goes with it
     try:
         deadline = time.monotonic() + 30
         while not (tmp_path / "first-ready").exists():
@@ -34,7 +36,7 @@ def test_two_scripts_from_one_parent_are_two_owners(emg, tmp_path):
         assert "belongs to another running backup" in (tmp_path / "on-error.err").read_text()
         assert manifest.read_bytes() == before
     finally:
-        runner.kill()
+        os.killpg(runner.pid, signal.SIGKILL)
         runner.wait()
     subprocess.run([sys.executable, "-m", "emg_borg", "-c", str(emg.config_path), "after-backup"], check=True)
     assert leftovers(emg) == []

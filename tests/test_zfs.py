@@ -18,9 +18,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Emg, borg_cat, borg_list, have, leftovers, run
+from conftest import Emg, borg_cat, borg_list, have, inside, leftovers, mount_table, run
 
-pytestmark = [pytest.mark.e2e, pytest.mark.fuse]
+# One zfs-fuse daemon per machine: under pytest-xdist (--dist loadgroup) all of this module runs
+# in one worker, which starts and stops the daemon once.
+pytestmark = [pytest.mark.e2e, pytest.mark.fuse, pytest.mark.xdist_group("zfs")]
 
 _pools = itertools.count(1)
 FAKES = Path(__file__).resolve().parent / "fakes"
@@ -118,7 +120,7 @@ class ZfsFuse:
         """A killed daemon leaves its mounts dead ("transport endpoint is not connected")."""
         for line in quiet("findmnt", "--list", "--noheadings", "--output", "TARGET,FSTYPE").stdout.splitlines():
             target, _, fstype = line.strip().rpartition(" ")
-            if fstype == "fuse.zfs" and target.strip().startswith(str(self.base)):
+            if fstype == "fuse.zfs" and inside(target.strip(), self.base):
                 quiet("umount", "-l", target.strip())
 
 
@@ -156,8 +158,7 @@ def zfs_all(pool_name) -> list[str]:
 
 
 def mounts_under(path) -> list[str]:
-    out = run(["findmnt", "--list", "--noheadings", "--output", "TARGET"]).stdout
-    return [m for m in out.splitlines() if m.startswith(str(path))]
+    return [target for target, _ in mount_table(fakes=False) if inside(target, path)]
 
 
 def rel(path) -> str:
@@ -295,6 +296,11 @@ def test_stale_leftovers_of_a_crashed_run_are_removed_and_foreign_snapshots_kept
     foreign = [name, f"{name}/someone-elses-clone", f"{name}/spool", f"{name}/spool@someone-else",
                f"{name}/spool@{theirs}", f"{name}/spool_{theirs}"]
     assert sorted(zfs_all(name)) == sorted(foreign + [f"{name}/spool@{ours}", f"{name}/spool_{ours}"])
+    # The leftover check sees the crashed run's snapshot, clone and mount, and only those.
+    found = leftovers(emg, settle=0)
+    assert [f for f in found if f.startswith("zfs ")] == [f"zfs {name}/spool@{ours}", f"zfs {name}/spool_{ours}"], found
+    clone_mounts = [f"mount {target} ({source})" for target, source in mount_table(fakes=False) if ours in source]
+    assert clone_mounts and [f for f in found if f.startswith("mount ")] == clone_mounts, found
 
     result = emg.borgmatic_create("-v", "1")
     output = result.stderr + result.stdout
@@ -429,7 +435,7 @@ def test_zfs_tests_skip_locally_but_fail_under_ci_when_zfs_fuse_cannot_be_used(t
         fake.chmod(0o755)
     env = {**os.environ, "PATH": f"{fakes}{os.pathsep}{os.environ['PATH']}", "CI": ci}
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "--basetemp", str(tmp_path / "child"),
+        [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "-n", "0", "--basetemp", str(tmp_path / "child"),
          f"{__file__}::test_change_after_snapshot_is_not_in_archive"],
         capture_output=True, text=True, env=env, cwd=Path(__file__).resolve().parent.parent, timeout=300,
     )
