@@ -49,6 +49,7 @@ class Writer(threading.Thread):
         self.stop.set()
         self.join(timeout=60)
         assert not self.is_alive(), "the writer is still blocked"
+        self.connection.close()
         return self.longest
 
 

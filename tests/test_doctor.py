@@ -47,7 +47,8 @@ def test_a_sound_installation_passes_with_a_warning_for_provider_none(emg):
                 f"use it only where SPOOLDIR's file system ({mount_of(emg.tree.spooldir)[0]}) cannot be snapshotted") in out
     assert line("ok", "mysql", "preflight checks passed") in out
     assert line("ok", "patterns_from", f"{config} reads {emg.runtime / 'patterns'}") in out
-    for phase, place in (("before-backup", "before: action"), ("after-backup", "after: action"), ("on-error", "after: error")):
+    for phase, place in (("before-backup", "before: configuration"), ("after-backup", "after: configuration"),
+                         ("on-error", "after: error")):
         assert line("ok", "hooks", f"{phase} runs at `{place}`") in out
     assert any(text.startswith(line("ok", "borg", "borg 1.4.")) for text in out), out
     assert any(text.startswith(line("ok", "repository", f"{emg.repo}: newest emg-borg archive ")) for text in out), out
@@ -172,10 +173,10 @@ def test_a_borgmatic_config_without_the_hooks(emg):
     result = doctor(emg, "--borgmatic-config", config)
     assert result.returncode == 1
     assert failures(result)[:3] == [
-        line("FAIL", "hooks", f"{config} does not run `emg-borg before-backup`: add it as `- before: action, when: "
+        line("FAIL", "hooks", f"{config} does not run `emg-borg before-backup`: add it as `- before: configuration, when: "
                               f"[create]` (borgmatic 2.x; 1.x: before_backup), see borgmatic-example.yaml"),
-        line("FAIL", "hooks", f"{config} does not run `emg-borg after-backup`: add it as `- after: action, when: "
-                              f"[create], states: [finish]` (borgmatic 2.x; 1.x: after_backup), see borgmatic-example.yaml"),
+        line("FAIL", "hooks", f"{config} does not run `emg-borg after-backup`: add it as `- after: configuration, "
+                              f"when: [create], states: [finish]` (borgmatic 2.x; 1.x: after_backup), see borgmatic-example.yaml"),
         line("FAIL", "hooks", f"{config} does not run `emg-borg on-error`: add it as `- after: error` (borgmatic 2.x; "
                               f"1.x: on_error), see borgmatic-example.yaml"),
     ]
@@ -190,14 +191,16 @@ def test_a_hook_at_the_wrong_place(emg):
                                                         f"belongs at `- after: error` (1.x: on_error)")
 
 
-def test_hooks_around_the_whole_configuration_are_in_place_too(emg):
+def test_hooks_around_each_action_are_in_place_too(emg):
+    """borgmatic-example.yaml runs the hooks around the whole configuration; around each create
+    action (one consistency point per repository) is fine too."""
     config = emg.borgmatic_config()
-    config.write_text(config.read_text().replace("before: action", "before: configuration")
-                      .replace("after: action", "after: configuration"))
+    config.write_text(config.read_text().replace("before: configuration", "before: action")
+                      .replace("after: configuration", "after: action"))
     out = doctor(emg, "--borgmatic-config", config).stdout.splitlines()
     assert [text for text in out if " hooks " in text] == [
-        line("ok", "hooks", "before-backup runs at `before: configuration`"),
-        line("ok", "hooks", "after-backup runs at `after: configuration`"),
+        line("ok", "hooks", "before-backup runs at `before: action`"),
+        line("ok", "hooks", "after-backup runs at `after: action`"),
         line("ok", "hooks", "on-error runs at `after: error`")]
 
 

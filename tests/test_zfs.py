@@ -124,7 +124,7 @@ class ZfsFuse:
                 quiet("umount", "-l", target.strip())
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def zfs_daemon(tmp_path_factory):
     if not have("zfs-fuse", "zfs", "zpool"):
         unavailable("zfs-fuse is not installed (apt-get install zfs-fuse)")

@@ -7,6 +7,7 @@ import os
 import shutil
 import signal
 import socket
+import tempfile
 import subprocess
 import time
 from pathlib import Path
@@ -34,6 +35,10 @@ class MariaDB:
         self.base = Path(base)
         self.datadir = self.base / "data"
         self.socket = str(self.base / "mysqld.sock")
+        self._socket_dir = None
+        if len(self.socket) > 100:  # a Unix socket's path must fit 107 bytes; deep temp dirs do not
+            self._socket_dir = tempfile.mkdtemp(prefix="emgb-sock-")
+            self.socket = os.path.join(self._socket_dir, "mysqld.sock")
         self.pidfile = self.base / "mysqld.pid"
         self.errlog = self.base / "mysqld.err"
         self.port = port or free_port()
@@ -81,6 +86,7 @@ class MariaDB:
 
     def stop(self) -> None:
         if self.process is None:
+            self._remove_socket_dir()
             return
         if self.process.poll() is None:
             with contextlib.suppress(ProcessLookupError):
@@ -91,6 +97,12 @@ class MariaDB:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
         self.process = None
+        self._remove_socket_dir()
+
+    def _remove_socket_dir(self) -> None:
+        if self._socket_dir is not None:
+            shutil.rmtree(self._socket_dir, ignore_errors=True)
+            self._socket_dir = None
 
     def __enter__(self):
         return self.start()

@@ -18,6 +18,7 @@ from emg_borg.config import DEFAULT_CONFIG_PATH
 from emg_borg.errors import EmgBorgError, UsageError
 from emg_borg.lifecycle import archives
 from emg_borg.lifecycle.checks import FAIL, OK, WARN, Check
+from emg_borg.lifecycle.repository import load_yaml
 
 PHASES = ("before-backup", "after-backup", "on-error")
 # borgmatic 2.x: where each hook may run (around each action, or once around the whole file);
@@ -26,14 +27,14 @@ PLACES_2 = {"before-backup": (("before", "action"), ("before", "configuration"))
             "after-backup": (("after", "action"), ("after", "configuration")), "on-error": (("after", "error"),)}
 LISTS_1 = {"before-backup": ("before_backup", "before_everything"), "after-backup": ("after_backup", "after_everything"),
            "on-error": ("on_error",)}
-EXAMPLE_2 = {"before-backup": "- before: action, when: [create]", "after-backup": "- after: action, when: [create], "
-             "states: [finish]", "on-error": "- after: error"}
+EXAMPLE_2 = {"before-backup": "- before: configuration, when: [create]", "after-backup": "- after: configuration, "
+             "when: [create], states: [finish]", "on-error": "- after: error"}
 
 
 def checks(path, run, config_path) -> tuple[list[Check], int | None]:
     """The checks of borgmatic configuration `path`, and the last archived dump's size if found."""
     try:
-        data = archives._load_yaml(Path(path)) or {}
+        data = load_yaml(Path(path)) or {}
     except OSError as error:
         return [Check("borgmatic", FAIL, f"cannot read {path}: {error.strerror}")], None
     except Exception as error:  # noqa: BLE001 - both YAML libraries raise their own error types

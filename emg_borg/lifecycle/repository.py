@@ -68,7 +68,8 @@ DEFAULT_NAME_FORMAT = "{hostname}-{now:%Y-%m-%dT%H:%M:%S.%f}"  # borgmatic's, fo
 CREDENTIAL_FILE = re.compile(r"^\{credential file (?P<path>.+)\}$")
 
 
-def _load_yaml(path: Path):
+def load_yaml(path: Path):
+    """A YAML file (a borgmatic configuration) as Python data."""
     text = path.read_text()
     try:
         from ruamel.yaml import YAML  # borgmatic's own YAML library, present wherever it is
@@ -83,7 +84,7 @@ def read_borgmatic_config(path) -> dict:
     """A borgmatic configuration as one flat dict (borgmatic 1.x nested options in sections)."""
     path = Path(path)
     try:
-        data = _load_yaml(path) or {}
+        data = load_yaml(path) or {}
     except OSError as error:
         raise UsageError(f"cannot read borgmatic configuration {path}: {error.strerror}")
     except Exception as error:  # noqa: BLE001 - both YAML libraries raise their own error types
