@@ -38,6 +38,7 @@ import platform
 import random
 import shlex
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -544,7 +545,11 @@ def main() -> int:
         print("run as root (loop mounts, Btrfs snapshots)", file=sys.stderr)
         return 2
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="emg-borg-bench-") as tmp:
+    # SIGTERM cleans up like Ctrl-C does (the finally below)
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    # The prefix must not contain "emg-borg": the test suite, which may run at the same time on
+    # this machine, counts every mount whose path names emg-borg as its own leftover.
+    with tempfile.TemporaryDirectory(prefix="emgbench-") as tmp:
         bench = Bench(Path(tmp), args)
         try:
             bench.env["BORG_BASE_DIR"] = str(Path(tmp) / "borg-base")
