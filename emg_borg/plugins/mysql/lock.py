@@ -45,11 +45,13 @@ def _kill_after(settings, thread_id: int, timeout: float, done: threading.Event,
     whole session (`CONNECTION`, which releases its locks) from a second connection."""
     if done.wait(timeout):
         return
+    # Recorded before the KILL is sent: the killed statement's error can reach the main thread
+    # before the KILL returns here, and must be read as this timeout.
+    killed.append(time.monotonic())
     with contextlib.suppress(Exception):
         guard = mysql.connect(settings, connect_timeout=5)
         with guard.cursor() as cursor:
             cursor.execute(f"KILL {what} {int(thread_id)}")
-        killed.append(time.monotonic())
         guard.close()
 
 
@@ -88,7 +90,8 @@ def global_read_lock(run):
                 cursor.execute("FLUSH TABLES WITH READ LOCK")
         except Exception as error:  # noqa: BLE001 - PyMySQL errors vary; all mean "no lock"
             done.set()
-            timed_out = killed or getattr(error, "args", (None,))[0] == 1205  # ER_LOCK_WAIT_TIMEOUT
+            # ER_LOCK_WAIT_TIMEOUT, or ER_QUERY_INTERRUPTED by our watchdog
+            timed_out = killed or getattr(error, "args", (None,))[0] in (1205, 1317)
             reason = f"waited {timeout:g} s" if timed_out else str(error)
             if mode == "best-effort":
                 logger.warning("no global read lock (%s); going on unlocked: the dump and the spool may differ", reason)
