@@ -85,6 +85,13 @@ CORE_TABLES: Tables = {
             "What to back up: config, data (the spool), database, logs, executables.",
             item_choices=CATEGORIES,
         ),
+        "stream_dumps": Option(
+            str, "auto",
+            "How dumps reach borg. auto: streamed through a named pipe (no copy on disk) when before-backup's "
+            "--borgmatic-config shows borg will read it (read_special: true, one repository), else staged as "
+            "files in runtime_dir; always: stream (a preflight error when that cannot work); never: stage.",
+            choices=("auto", "always", "never"),
+        ),
     },
     "restore": {
         "max_spool_age": Option(

@@ -93,6 +93,12 @@ def set_borg_environment(monkeypatch, tmp_path_factory) -> None:
     monkeypatch.setenv("BORG_RELOCATED_REPO_ACCESS_IS_OK", "yes")
     monkeypatch.setenv("BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK", "yes")
     monkeypatch.delenv("BORG_REPO", raising=False)
+    # borgmatic makes its runtime dir in $XDG_RUNTIME_DIR, else in /tmp, and before each create
+    # removes the bootstrap manifest of every `borgmatic-*` dir there: another worker's borgmatic
+    # in /tmp would delete this one's between writing it and borg reading it.
+    runtime = tmp_path_factory.getbasetemp() / "xdg-runtime"
+    runtime.mkdir(mode=0o700, exist_ok=True)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
 
 
 @pytest.fixture(autouse=True)

@@ -53,6 +53,7 @@ def test_a_sound_installation_passes_with_a_warning_for_provider_none(emg):
     assert any(text.startswith(line("ok", "borg", "borg 1.4.")) for text in out), out
     assert any(text.startswith(line("ok", "repository", f"{emg.repo}: newest emg-borg archive ")) for text in out), out
     assert any(text.startswith(line("ok", "free space", "")) and "the last dump was" in text for text in out), out
+    assert line("ok", "dumps", "stream into borg through a named pipe (read_special, one repository)") in out
     assert result.stderr == ""  # everything said is a check line
     data = json.loads(doctor(emg, "--borgmatic-config", config, "--json").stdout)
     assert data["ok"] is True and len(data["checks"]) == len(out)
@@ -251,3 +252,18 @@ def test_little_free_space_in_runtime_dir_is_a_warning(emg):
 
 def test_doctor_is_documented():
     assert "check everything a backup needs" in run_emg_borg("--help").stdout
+
+
+@pytest.mark.parametrize("change, reason", [
+    (("read_special: true", "read_special: false"), "{config} does not set read_special: true (borg would store the "
+                                                     "named pipe, not the dump)"),
+    ((" before-backup --borgmatic-config {configuration_filename}", " before-backup"),
+     "{config}: its before-backup hook passes no --borgmatic-config {{configuration_filename}}"),
+])
+def test_a_dump_that_will_be_staged_instead_of_streamed_is_a_warning(emg, change, reason):
+    """Staging works, but needs free disk as large as the dump: a warning naming the reason."""
+    config = emg.borgmatic_config()
+    config.write_text(config.read_text().replace(*change))
+    out = doctor(emg, "--borgmatic-config", config).stdout.splitlines()
+    assert line("warn", "dumps", "staged as files under runtime_dir, not streamed: "
+                + reason.format(config=config)) in out, out

@@ -9,7 +9,7 @@ import os
 import sys
 
 from emg_borg.errors import EXIT_FAILURE, EXIT_OK, EmgBorgError
-from emg_borg.lifecycle import archives, backup, doctor, extract, release, restore, session, verify
+from emg_borg.lifecycle import archives, backup, doctor, extract, release, restore, session, transfer, verify
 from emg_borg.lifecycle.providers import check_configured
 
 logger = logging.getLogger("emg_borg")
@@ -37,14 +37,18 @@ def _config(args, manager, required=True):
 def before_backup(args, manager) -> int:
     config = _config(args, manager)
     if args.dry_run:
-        result = backup.before_backup(config, manager, dry_run=True, repository=args.repository)
+        result = backup.before_backup(config, manager, dry_run=True, repository=args.repository,
+                                      borgmatic_config=args.borgmatic_config)
     else:
-        result = backup.before_backup_reported(config, manager, repository=args.repository)
+        result = backup.before_backup_reported(config, manager, repository=args.repository,
+                                               borgmatic_config=args.borgmatic_config)
     if args.dry_run and not args.json:
         logger.info("dry run: nothing changed. Would back up %s with snapshot provider %s:",
                     ", ".join(result["categories"]), result["snapshot_provider"])
         for root in result["roots"]:
             logger.info("  %-11s %s", root["category"], root["path"])
+        if result["dump_transfer"] and result["database"]:
+            logger.info("%s", transfer.describe(result["dump_transfer"] == "stream", result["dump_transfer_reason"]))
     if args.json:
         print_json(result)
     if args.dry_run:

@@ -71,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="show the plan and run the preflight checks (database login, privileges, commands); "
                         "change nothing")
     p.add_argument("--repository", help="the repository borgmatic is backing up to (borgmatic's {repository})")
+    p.add_argument("--borgmatic-config", metavar="FILE",
+                   help="borgmatic's configuration ({configuration_filename}): with read_special: true and one "
+                        "repository the dump streams into borg through a named pipe ([backup] stream_dumps)")
     p.add_argument("--json", action="store_true", help="print the manifest (or the dry-run plan) as JSON on stdout")
 
     for name, text in (("after-backup", "release the snapshot, mounts, staging area and run lock"),

@@ -54,8 +54,8 @@ def sha256_file(path) -> str:
 
 def remove_tree(path: Path) -> None:
     path = Path(path)
-    if path.is_symlink() or path.is_file():
-        path.unlink()
+    if path.is_symlink() or (path.exists() and not path.is_dir()):
+        path.unlink()  # a file, or a named pipe of a streamed dump
     elif path.exists():
         shutil.rmtree(path)
 

@@ -10,6 +10,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Callable
 
+from emg_borg.core import stream
 from emg_borg.core.manifest import DUMPS_DIR, Dump
 from emg_borg.core.runtime import Ledger, RuntimeDir, now_iso
 from emg_borg.core.snapshot import Snapshot
@@ -45,6 +46,11 @@ class BackupRun:
     plugin_state: dict = dataclasses.field(default_factory=dict)  # per-plugin scratch space
     release_errors: list = dataclasses.field(default_factory=list)  # releases that failed
     failures: list = dataclasses.field(default_factory=list)  # problems found while releasing
+    # Dumps stream into borg through named pipes (else they are staged as files), and why.
+    stream_dumps: bool = False
+    transfer_reason: str = ""
+    streams: list = dataclasses.field(default_factory=list)  # stream.ProducerHandle, in start order
+    owner_pid: int = 0  # the process the run belongs to (borgmatic); streamers end when it is gone
 
     def state(self, plugin: str) -> dict:
         """A plugin's scratch space for this run (lives in this process only)."""
@@ -57,6 +63,18 @@ class BackupRun:
         staged = self.runtime.staging / archive_path
         staged.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         return staged, archive_path
+
+    def stream_dump(self, plugin: str, filename: str, *, label: str, argv: tuple, footer: str,
+                    pass_fds=()) -> stream.ProducerHandle:
+        """Start a dump command whose output streams into borg at `emg-borg/dumps/<plugin>/<filename>`
+        (only when `stream_dumps`). Call `carry()` on the handle once the consistency point is over;
+        the manifest then records the size and sha256 the streamer counted."""
+        fifo, archive_path = self.dump_path(plugin, filename)
+        handle = stream.start_producer(self.runtime, self.ledger, self.owner_pid, name=f"{plugin}-{filename}",
+                                       label=label, argv=argv, fifo=fifo, archive_path=archive_path, footer=footer,
+                                       pass_fds=pass_fds)
+        self.streams.append(handle)
+        return handle
 
     def borg_root(self, live_path) -> str:
         """The `R` root for a live path: `base/./path` when a snapshot covers it."""

@@ -13,6 +13,7 @@ import logging
 import time
 
 from emg_borg import __version__
+from emg_borg.core import stream
 from emg_borg.core.files import remove_tree, write_private
 from emg_borg.core.host import machine_identity
 from emg_borg.core.manifest import ARCHIVE_PATH, DUMPS_DIR, FORMAT_VERSION
@@ -22,7 +23,7 @@ from emg_borg.core.signals import signals_raise
 from emg_borg.emg.categories import CATEGORIES
 from emg_borg.errors import EmgBorgError
 from emg_borg.external import execute
-from emg_borg.lifecycle import outcome, providers
+from emg_borg.lifecycle import outcome, providers, transfer
 from emg_borg.lifecycle.release import release_and_unlock, release_resources
 
 logger = logging.getLogger(__name__)
@@ -45,22 +46,25 @@ def check_runtime_dir(run: BackupRun) -> None:
             )
 
 
-def new_run(config, manager, *, dry_run=False, repository=None) -> BackupRun:
+def new_run(config, manager, *, dry_run=False, repository=None, borgmatic_config=None) -> BackupRun:
     runtime = RuntimeDir(config["backup"]["runtime_dir"])
     return BackupRun(config=config, runtime=runtime, ledger=Ledger(runtime.ledger), hook=manager.hook,
-                     dry_run=dry_run, repository=repository)
+                     dry_run=dry_run, repository=repository, borgmatic_config=borgmatic_config)
 
 
-def before_backup(config, manager, *, dry_run=False, repository=None, run=None) -> dict:
+def before_backup(config, manager, *, dry_run=False, repository=None, borgmatic_config=None, run=None) -> dict:
     """Freeze the consistency point and prepare everything borg reads. Returns the manifest, or
     for a dry run the plan with the preflight problems."""
-    run = run or new_run(config, manager, dry_run=dry_run, repository=repository)
+    run = run or new_run(config, manager, dry_run=dry_run, repository=repository, borgmatic_config=borgmatic_config)
     run.layout = run.hook.emg_borg_discover_layout(config=config)
     run.categories = selected_categories(config)
     check_runtime_dir(run)
     provider = providers.resolve(run)
     run.provider = provider.name
     problems = provider.preflight(run) + [p for found in run.hook.emg_borg_preflight(run=run) for p in found or ()]
+    if "database" in run.categories:
+        run.stream_dumps, run.transfer_reason, streaming_problems = transfer.choose(run, run.borgmatic_config)
+        problems += streaming_problems
     if dry_run:
         return {**plan_summary(run), "problems": problems}
     if problems:
@@ -68,7 +72,8 @@ def before_backup(config, manager, *, dry_run=False, repository=None, run=None) 
 
     run.runtime.ensure()
     lock = RunLock(run.runtime.lock)
-    stale = lock.acquire(run_owner_pid(), run.run_id)
+    run.owner_pid = run_owner_pid()
+    stale = lock.acquire(run.owner_pid, run.run_id)
     try:
         with signals_raise():
             if stale is not None or run.ledger.entries:
@@ -83,15 +88,22 @@ def before_backup(config, manager, *, dry_run=False, repository=None, run=None) 
             providers.drive(run, provider.name, provider.prepare(run))
             provider.clean_stale(run)
             try:
+                if "database" in run.categories:
+                    logger.info("%s", transfer.describe(run.stream_dumps, run.transfer_reason))
                 freeze(run, provider)
+                run.step = "starting the dump streams"
+                for handle in run.streams:
+                    handle.carry()
                 for found in run.hook.emg_borg_finish_dumps(run=run):
                     run.dumps.extend(found or ())
                 run.step = "staging the seqno"
                 write_seqno(run)
+                run.step = "collecting the patterns"
+                lines = pattern_lines(run)
                 run.step = "writing the manifest"
                 manifest = write_manifest(run)
                 run.step = "writing the patterns file"
-                write_patterns(run)
+                write_patterns(run, lines)
             except OSError as error:
                 where = f" ({error.filename})" if error.filename else ""
                 raise EmgBorgError(f"{error.strerror or error} while {run.step}{where}") from error
@@ -109,12 +121,12 @@ def before_backup(config, manager, *, dry_run=False, repository=None, run=None) 
     return manifest
 
 
-def before_backup_reported(config, manager, *, repository=None) -> dict:
+def before_backup_reported(config, manager, *, repository=None, borgmatic_config=None) -> dict:
     """`before-backup` as borgmatic runs it: a failure ends the run and is reported to the plugins
     (`emg_borg_run_finished`) after everything was released."""
-    run = new_run(config, manager, repository=repository)
+    run = new_run(config, manager, repository=repository, borgmatic_config=borgmatic_config)
     with outcome.reported(run, outcome.BEFORE_BACKUP):
-        return before_backup(config, manager, repository=repository, run=run)
+        return before_backup(config, manager, run=run)
 
 
 def freeze(run: BackupRun, provider) -> None:
@@ -183,24 +195,59 @@ def write_manifest(run: BackupRun) -> dict:
         "freeze_window_ms": run.freeze_window_ms,
         "warnings": run.warnings,
         "dumps": [dump.to_dict() for dump in run.dumps],
+        "dump_transfer": ("stream" if run.stream_dumps else "staged") if run.dumps else None,
         "categories": archived_categories(run),
         "excluded_categories": [c for c in CATEGORIES if c not in run.categories],
     }
     for fields in run.hook.emg_borg_manifest_fields(run=run):
         manifest.update(fields or {})
-    write_private(run.runtime.staging / ARCHIVE_PATH, json.dumps(manifest, indent=2) + "\n")
+    if run.streams:  # served through a named pipe once borg has read the dumps, with their sha256
+        stream.serve_manifest(run.runtime, run.ledger, run.owner_pid, manifest, run.runtime.staging / ARCHIVE_PATH,
+                              run.streams)
+    else:
+        write_private(run.runtime.staging / ARCHIVE_PATH, json.dumps(manifest, indent=2) + "\n")
     return manifest
 
 
-def write_patterns(run: BackupRun) -> None:
+def pattern_lines(run: BackupRun) -> list[str]:
+    """The plugins' pattern lines, and exclusions of the special files under their roots."""
+    lines = []
+    for contribution in run.hook.emg_borg_backup_patterns(run=run):
+        lines.extend(contribution or [])
+    return special_file_exclusions(run, lines) + lines  # first: borg's first matching pattern wins
+
+
+def write_patterns(run: BackupRun, lines: list[str]) -> None:
     lines = [
         f"# borg patterns written by emg-borg {__version__} for run {run.run_id} at {run.started}",
         "# Read by borgmatic through patterns_from; rewritten by every before-backup.",
-        f"R {run.runtime.staging}/./emg-borg",
+        *staged_roots(run),
+        *lines,
     ]
-    for contribution in run.hook.emg_borg_backup_patterns(run=run):
-        lines.extend(contribution or [])
     write_private(run.runtime.patterns, "\n".join(dict.fromkeys(lines)) + "\n")
+
+
+def special_file_exclusions(run: BackupRun, lines: list[str]) -> list[str]:
+    """`-` lines for every FIFO and device under the roots borg walks (paths as borg sees them,
+    before the `/./`): with read_special, which streaming needs, borg would block on one."""
+    found = []
+    for line in lines:
+        if line.startswith("R ") and not line[2:].startswith(f"{run.runtime.staging}/"):
+            found += transfer.special_files(line[2:].replace("/./", "/", 1))
+    if found:
+        shown = ", ".join(found[:3]) + (f" and {len(found) - 3} more" if len(found) > 3 else "")
+        run.warnings.append(f"not archived: {len(found)} named pipe(s) or device(s) in the EMG tree ({shown}); "
+                            f"borg with read_special would block reading them")
+        logger.warning("%s", run.warnings[-1])
+    return [f"- pp:{path}" for path in found]
+
+
+def staged_roots(run: BackupRun) -> list[str]:
+    """The `R` roots of emg-borg's own archive members, the dumps first: borg reads its roots in
+    order, and a streamed manifest is served only after every streamed dump has passed."""
+    top = run.runtime.staging / "emg-borg"
+    members = sorted(top.iterdir(), key=lambda path: (path.name != "dumps", path.name))
+    return [f"R {run.runtime.staging}/./emg-borg/{path.name}" for path in members]
 
 
 def preflight_message(problems: list[str]) -> str:
@@ -221,5 +268,7 @@ def plan_summary(run: BackupRun) -> dict:
             {"category": r.category, "path": str(r.path)} for r in layout.roots if r.category in run.categories
         ],
         "database": layout.db.database if layout.db else None,
+        "dump_transfer": ("stream" if run.stream_dumps else "staged") if "database" in run.categories else None,
+        "dump_transfer_reason": run.transfer_reason or None,
         "patterns_file": str(run.runtime.patterns),
     }

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from emg_borg.config import DEFAULT_CONFIG_PATH
 from emg_borg.errors import EmgBorgError, UsageError
-from emg_borg.lifecycle import archives
+from emg_borg.lifecycle import archives, transfer
 from emg_borg.lifecycle.checks import FAIL, OK, WARN, Check
 from emg_borg.lifecycle.repository import load_yaml
 
@@ -43,8 +43,26 @@ def checks(path, run, config_path) -> tuple[list[Check], int | None]:
     sections = [data] + [data.get(k) or {} for k in ("location", "storage", "hooks") if isinstance(data.get(k), dict)]
     found = [patterns_check(path, sections, run.runtime.patterns)]
     found += hook_checks(path, data, sections, Path(config_path))
+    found.append(transfer_check(path, run, data, sections))
     repository, last_dump = repository_check(path)
     return found + [repository], last_dump
+
+
+def transfer_check(path, run, data, sections) -> Check:
+    """Whether the dump will stream into borg or be staged under runtime_dir (a warning: staging
+    works, but needs free disk as large as the dump)."""
+    if run.config["backup"]["stream_dumps"] == "never":
+        return Check("dumps", OK, 'staged as files under runtime_dir ([backup] stream_dumps = "never")')
+    try:
+        obstacles = transfer.borgmatic_obstacles(path)
+    except UsageError as error:
+        obstacles = [str(error)]
+    before = [command for command, _, _ in _hooks(data, sections)["before-backup"]]
+    if before and not any("--borgmatic-config" in command for command in before):
+        obstacles.insert(0, f"{path}: its before-backup hook passes no --borgmatic-config {{configuration_filename}}")
+    if obstacles:
+        return Check("dumps", WARN, f"staged as files under runtime_dir, not streamed: {obstacles[0]}")
+    return Check("dumps", OK, "stream into borg through a named pipe (read_special, one repository)")
 
 
 def patterns_check(path, sections, patterns: Path) -> Check:

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import json
 import logging
 import time
 
+from emg_borg.core import stream
 from emg_borg.core.manifest import ARCHIVE_PATH
 from emg_borg.core.outcome import AFTER_BACKUP, BEFORE_BACKUP, ON_ERROR, RunOutcome  # noqa: F401 - re-exported
 from emg_borg.core.run import BackupRun
@@ -27,10 +27,7 @@ STARTED_AT = "started_at"  # ledger meta: seconds since the epoch when before-ba
 
 def staged_manifest(run: BackupRun) -> dict | None:
     """The manifest the run staged, while it is still there (before the release)."""
-    try:
-        return json.loads((run.runtime.staging / ARCHIVE_PATH).read_text())
-    except (OSError, ValueError):
-        return None
+    return stream.staged_manifest(run.runtime, run.runtime.staging / ARCHIVE_PATH)
 
 
 def started_at(run: BackupRun) -> float | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 
+from emg_borg.core import stream
 from emg_borg.core.files import remove_empty_dirs, remove_tree
 from emg_borg.core.run import BackupRun
 from emg_borg.core.runtime import Ledger, RunLock, RuntimeDir, run_owner_pid
@@ -21,7 +22,10 @@ logger = logging.getLogger(__name__)
 
 
 def _release_core(run: BackupRun, entry: dict) -> None:
-    remove_tree(entry["path"])
+    if entry["kind"] == stream.KIND:
+        stream.release(entry)
+    else:
+        remove_tree(entry["path"])
 
 
 def release_resources(run: BackupRun) -> None:
@@ -92,6 +96,9 @@ def release_backup(config, manager, *, force=False, repository=None, dry_run=Fal
         return "dry run"
     run.run_id = run.ledger.meta.get("run_id", run.run_id)
     run.started = run.ledger.meta.get("started", run.started)
+    # What the streamers recorded, before the release removes it: a dump that did not reach borg
+    # whole. After a failed borg (on-error) a stream it never reached says nothing new.
+    run.failures.extend(stream.problems(run.runtime, unread=command == outcome.AFTER_BACKUP))
     with outcome.reported(run, command):
         release_and_unlock(run, lock)
         if run.failures:

@@ -131,7 +131,7 @@ def _facts_of_run(run) -> dict:
     state = run.state(NAME)
     finished = "dump_seconds" in state  # the dumps completed
     return {"freeze_window_ms": run.freeze_window_ms, "message_id": run.message_id, "provider": state.get("provider"),
-            "dump_seconds": state.get("dump_seconds"), "dump_bytes": sum(d.bytes for d in run.dumps) if finished else None}
+            "dump_seconds": state.get("dump_seconds"), "dump_bytes": sum(d.bytes or 0 for d in run.dumps) if finished else None}
 
 
 def read_samples(path: Path) -> dict:

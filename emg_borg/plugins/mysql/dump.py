@@ -68,19 +68,26 @@ def begin(run) -> None:
     connection = session(run)
     settings = run.state(NAME)["settings"]
     watch = DumpWatch(connection, settings.user)
-    path, archive_path = run.dump_path(NAME, f"{settings.database}.sql")
+    filename = f"{settings.database}.sql"
     with mysql.defaults_pipe(settings) as (option, fd):
         argv = mysql.mysqldump_argv(
             run.config["mysql"]["mysqldump"], option, settings.database, tuple(run.config["mysql"]["dump_options"])
         )
         logger.info("dumping database %s with mysqldump --single-transaction", settings.database)
-        dump = mysql.Dump(argv, path, (fd,), settings.database)
-    run.state(NAME)["dump"] = (dump, archive_path)
+        if run.stream_dumps:
+            dump = run.stream_dump(NAME, filename, label=f"mysqldump of {settings.database}", argv=argv,
+                                   footer=mysql.Dump.FOOTER.decode(), pass_fds=(fd,))
+            archive_path = dump.archive_path
+        else:
+            path, archive_path = run.dump_path(NAME, filename)
+            dump = mysql.Dump(argv, path, (fd,), settings.database)
+    run.state(NAME)["dump"] = (dump, archive_path, settings.database)
     # Waiting for the dump's start is part of the freeze: bounded by lock_timeout and by what is
     # left of max_freeze.
     deadline = min(time.monotonic() + float(run.config["mysql"]["lock_timeout"]), run.freeze_deadline or math.inf)
     checks = 0
-    while not (dump.poll() is not None or watch.started() or (checks % 10 == 9 and dump.wrote_footer())):
+    while not (dump.poll() is not None or watch.started()
+               or (checks % 10 == 9 and not run.stream_dumps and dump.wrote_footer())):
         checks += 1
         if time.monotonic() > deadline:
             dump.abort()
@@ -93,7 +100,13 @@ def finish(run) -> Dump | None:
     running = run.state(NAME).pop("dump", None)
     if running is None:
         return None
-    dump, archive_path = running
+    dump, archive_path, database = running
+    binlog = run.state(NAME).get("binlog")
+    details = {"binlog_file": binlog["file"], "binlog_position": binlog["position"]} if binlog else {}
+    if run.stream_dumps:
+        # The streamer checks its exit and completion line and counts it on its way into borg.
+        logger.info("dump of %s streams into borg", database)
+        return dump.dump(NAME, database, format="sql", **details)
     throttle = Throttle()
 
     def progress(size):
@@ -105,8 +118,6 @@ def finish(run) -> Dump | None:
     except BaseException:
         dump.abort()
         raise
-    binlog = run.state(NAME).get("binlog")
-    details = {"binlog_file": binlog["file"], "binlog_position": binlog["position"]} if binlog else {}
     result = Dump.of_file(NAME, dump.database, dump.path, archive_path, format="sql", **details)
     logger.info("dump of %s complete: %d bytes", dump.database, result.bytes)
     return result
