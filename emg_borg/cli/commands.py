@@ -9,10 +9,11 @@ import os
 import sys
 
 from emg_borg.errors import EXIT_FAILURE, EXIT_OK, EmgBorgError
-from emg_borg.lifecycle import archives, backup, doctor, extract, release, restore, session, transfer, verify
-from emg_borg.lifecycle.providers import check_configured
 
 logger = logging.getLogger("emg_borg")
+
+# Each command imports the lifecycle modules it needs when it runs: borgmatic starts emg-borg
+# twice per backup, and the restore side's imports would only slow the hooks down.
 
 
 def print_json(data) -> None:
@@ -20,7 +21,8 @@ def print_json(data) -> None:
     print(json.dumps(data, indent=2, default=str))
 
 
-def _selection(args, manager) -> archives.Selection:
+def _selection(args, manager) -> archives.Selection:  # noqa: F821 - imported in the body
+    from emg_borg.lifecycle import archives
     nodes = archives.node_choice(args.host, args.node, args.any_node, args.config, manager)
     return archives.Selection(repository=args.repository, borgmatic_config=args.borgmatic_config,
                               archive=args.archive, at=args.at, nodes=nodes)
@@ -29,12 +31,14 @@ def _selection(args, manager) -> archives.Selection:
 def _config(args, manager, required=True):
     """The configuration; for restore-side commands on a rebuilt machine (no config file yet)
     the defaults."""
+    from emg_borg.lifecycle import session
     if required or os.path.exists(args.config):
         return session.load_config(args.config, manager)
     return session.default_config(manager)
 
 
 def before_backup(args, manager) -> int:
+    from emg_borg.lifecycle import backup, transfer
     config = _config(args, manager)
     if args.dry_run:
         result = backup.before_backup(config, manager, dry_run=True, repository=args.repository,
@@ -61,6 +65,7 @@ def before_backup(args, manager) -> int:
 
 
 def release_run(args, manager) -> int:
+    from emg_borg.lifecycle import release
     outcome = release.release_backup(_config(args, manager), manager, force=args.force, repository=args.repository,
                                      dry_run=args.dry_run, borgmatic_config=args.borgmatic_config,
                                      command=args.command)
@@ -96,6 +101,7 @@ def discover(args, manager) -> int:
 
 
 def check_installation(args, manager) -> int:
+    from emg_borg.lifecycle import doctor
     checks = doctor.doctor(args.config, manager, args.borgmatic_config)
     if args.json:
         print_json({"ok": not doctor.failed(checks), "checks": [check.to_dict() for check in checks]})
@@ -106,6 +112,8 @@ def check_installation(args, manager) -> int:
 
 
 def config(args, manager) -> int:
+    from emg_borg.lifecycle import session
+    from emg_borg.lifecycle.providers import check_configured
     if args.config_command == "generate":
         sys.stdout.write(session.sample_config(manager))
         return EXIT_OK
@@ -115,6 +123,7 @@ def config(args, manager) -> int:
 
 
 def list_archives(args, manager) -> int:
+    from emg_borg.lifecycle import archives, extract
     repository = archives.resolve_repository(args.repository, args.borgmatic_config)
     nodes = archives.NodeChoice(args.host, args.node, args.any_node)  # every node's unless narrowed
     rows = [{**a.summary(), "node": archives.Node.of(a.manifest).label}
@@ -136,11 +145,13 @@ def list_archives(args, manager) -> int:
 
 
 def patterns(args, manager) -> int:
+    from emg_borg.lifecycle import extract
     sys.stdout.write(extract.patterns_of(_selection(args, manager), args.categories))
     return EXIT_OK
 
 
 def extract_archive(args, manager) -> int:
+    from emg_borg.lifecycle import extract
     if args.dry_run:
         extract.check_destination(args.destination, args.in_place)
         result = extract.extract_plan(_selection(args, manager), args.categories)
@@ -164,6 +175,7 @@ def extract_archive(args, manager) -> int:
 
 
 def restore_archive(args, manager) -> int:
+    from emg_borg.lifecycle import restore
     request = restore.RestoreRequest(
         selection=_selection(args, manager), categories=args.categories, skip_data=args.skip_data, message_id=args.message_id,
         load_database=args.database, force_database=args.force_database, force=args.force, target=args.target,
@@ -192,6 +204,7 @@ def restore_archive(args, manager) -> int:
 
 
 def verify_archive(args, manager) -> int:
+    from emg_borg.lifecycle import verify
     verdict = verify.verify(_config(args, manager, required=False), manager, _selection(args, manager), load_dump=args.load_dump,
                             scratch_db=args.scratch_db, scratch_dir=args.scratch_dir)
     if args.json:
