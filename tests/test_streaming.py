@@ -257,3 +257,49 @@ def test_stream_dumps_always_refuses_what_cannot_work_before_taking_anything(emg
                       f'set read_special: true (borg would store the named pipe, not the dump)'], result.stderr
     assert leftovers(emg) == []
     assert not (emg.runtime / "patterns").exists()
+
+
+def test_hooks_behind_a_wrapper_script_still_stream(emg, tmp_path):
+    """A wrapper that runs emg-borg as its child (no exec) ends right after before-backup; the
+    streamers belong to the borgmatic above it and wait for its borg."""
+    wrapper = tmp_path / "emg-borg-logged"
+    wrapper.write_text(f"#!/bin/sh\n{sys.executable} -m emg_borg \"$@\"\nrc=$?\necho \"$*: $rc\" >> {tmp_path / 'log'}\n"
+                       f"exit $rc\n")
+    wrapper.chmod(0o755)
+    config = emg.borgmatic_config()
+    config.write_text(config.read_text().replace("- emg-borg -c", f"- {wrapper} -c"))
+    emg.init_repo()
+    result = subprocess.run(["borgmatic", "--config", str(config), "create"], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "dumps stream into borg through a named pipe" in result.stderr
+    [archive] = borg_list(emg.repo)
+    manifest = json.loads(borg_cat(emg.repo, archive, "emg-borg/manifest.json"))
+    [entry] = manifest["dumps"]
+    assert hashlib.sha256(borg_cat(emg.repo, archive, entry["path"])).hexdigest() == entry["sha256"]
+    assert leftovers(emg) == []
+
+
+def test_a_borg_that_comes_after_the_streamers_gave_up_does_not_wait_forever(emg, tmp_path):
+    """The run's owner died before borg ran; a borg started later finds no pipe to wait on, and
+    what it makes is no emg-borg archive (no manifest)."""
+    config = emg.borgmatic_config()
+    emg.init_repo()
+    script = tmp_path / "backup.sh"
+    script.write_text(f"{sys.executable} -m emg_borg -c {emg.config_path} before-backup --borgmatic-config {config}\n")
+    subprocess.run(["bash", str(script)], check=True, capture_output=True)
+    deadline = time.monotonic() + 10
+    while processes_of_this_test():
+        assert time.monotonic() < deadline, processes_of_this_test()
+        time.sleep(0.05)
+    late = subprocess.run(["borg", "create", "--read-special", "--patterns-from", str(emg.runtime / "patterns"),
+                           f"{emg.repo}::late"], capture_output=True, text=True, timeout=120)
+    assert late.returncode == 1, late.stderr  # a warning: the pipes named in the patterns are gone
+    assert "emg-borg/manifest.json" not in borg_list(emg.repo, "late")
+    listed = emg.emg_borg("archives", "--repository", str(emg.repo), check=False)
+    assert "no emg-borg archives" in listed.stderr or json.loads(emg.emg_borg(
+        "archives", "--repository", str(emg.repo), "--json").stdout) == []
+    ended = emg.emg_borg("on-error", check=False)
+    assert ended.returncode == 1
+    assert f"emg-borg: error: borg never read mysqldump of {emg.database}: the run ended first" in ended.stderr
+    assert leftovers(emg) == []

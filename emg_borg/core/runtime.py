@@ -123,6 +123,17 @@ def run_owner_pid() -> int:
     return pid if pid > 1 else os.getppid()
 
 
+def borgmatic_pid() -> int | None:
+    """The nearest ancestor named borgmatic: the process that runs borg after the hooks, however
+    many wrappers stand between (the streamers of a run live as long as it does)."""
+    pid = os.getppid()
+    while pid > 1:
+        if proc.comm(pid) == "borgmatic":
+            return pid
+        pid = proc.parent(pid)
+    return None
+
+
 class RunLock:
     """The run lock: a file created exclusively, naming the owning process and run id."""
 

@@ -168,7 +168,7 @@ def problems(runtime: RuntimeDir, unread: bool = True) -> list[str]:
     borg whole; [] when every stream completed (or nothing was streamed). A stream that failed
     explains the others still waiting (borg was stopped before it reached them); streams borg
     never read count only with `unread` (after a borg that succeeded)."""
-    found = statuses(runtime)
+    found = sorted(statuses(runtime), key=lambda status: status.get("label") == "the manifest")
     failed = list(dict.fromkeys(
         f"{s.get('error')}; borg was stopped, no archive was made" if s.get("stopped_readers") else str(s.get("error"))
         for s in found if s.get("state") == "failed"))

@@ -72,6 +72,16 @@ class Owner:
         return start_time(self.pid) != self.started
 
 
+def release_pipe(fifo: str, path_fd: int) -> None:
+    """Make sure nobody can wait on the pipe after this process: remove its name (a later open
+    fails at once) and, through the O_PATH descriptor taken at start, open and close its write
+    end, which lets a reader already blocked in open() go on to an end of file."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(fifo)
+    with contextlib.suppress(OSError):
+        os.close(os.open(f"/proc/self/fd/{path_fd}", os.O_WRONLY | os.O_NONBLOCK))
+
+
 def wait_for_reader(fifo: str, owner: Owner) -> int | None:
     """Open the named pipe for writing once a reader has opened it; None when the owner is gone.
     Polled (a blocking open could not notice that borgmatic ended)."""
@@ -202,8 +212,6 @@ def stream_dump(spec: dict, owner: Owner) -> int:
     status.update(state="complete", bytes=size, sha256=digest.hexdigest(), ended=time.time())
     write_status(spec["status"], status)
     os.close(fd)
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(spec["fifo"])  # a second reader would wait forever on a pipe nobody writes
     return 0
 
 
@@ -236,8 +244,6 @@ def serve_manifest(spec: dict, owner: Owner) -> int:
     write_status(spec["status"], status)
     write_all(fd, data)
     os.close(fd)
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(spec["fifo"])
     return 0
 
 
@@ -247,6 +253,7 @@ def main(argv: list[str]) -> int:
     # SIGTERM from a release ends the process at once; a reader gone shows as BrokenPipeError.
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     owner = Owner(spec["owner"], spec.get("owner_started"))
+    path_fd = os.open(spec["fifo"], os.O_PATH)
     try:
         return stream_dump(spec, owner) if spec["mode"] == "dump" else serve_manifest(spec, owner)
     except Exception as error:  # noqa: BLE001 - whatever breaks must reach the status file
@@ -256,6 +263,10 @@ def main(argv: list[str]) -> int:
         fail(spec, status, f"{status.get('label', spec['mode'])}: {type(error).__name__}: {error}", None)
         stop_readers(spec["fifo"])  # before this process's end closes the pipe under a reading borg
         return 1
+    finally:
+        # The pipe is read once; a second reader (another repository's borg create) must not
+        # wait forever on it, nor a borg that reaches it after this process gave up.
+        release_pipe(spec["fifo"], path_fd)
 
 
 if __name__ == "__main__":

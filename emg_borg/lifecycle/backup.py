@@ -18,7 +18,7 @@ from emg_borg.core.files import remove_tree, write_private
 from emg_borg.core.host import machine_identity
 from emg_borg.core.manifest import ARCHIVE_PATH, DUMPS_DIR, FORMAT_VERSION
 from emg_borg.core.run import BackupRun
-from emg_borg.core.runtime import CORE, Ledger, RunLock, RuntimeDir, run_owner_pid
+from emg_borg.core.runtime import CORE, Ledger, RunLock, RuntimeDir, borgmatic_pid, run_owner_pid
 from emg_borg.core.signals import signals_raise
 from emg_borg.emg.categories import CATEGORIES
 from emg_borg.errors import EmgBorgError
@@ -72,8 +72,9 @@ def before_backup(config, manager, *, dry_run=False, repository=None, borgmatic_
 
     run.runtime.ensure()
     lock = RunLock(run.runtime.lock)
-    run.owner_pid = run_owner_pid()
-    stale = lock.acquire(run.owner_pid, run.run_id)
+    owner = run_owner_pid()
+    run.owner_pid = borgmatic_pid() or owner  # the streamers wait for borg as long as it may come
+    stale = lock.acquire(owner, run.run_id)
     try:
         with signals_raise():
             if stale is not None or run.ledger.entries:
