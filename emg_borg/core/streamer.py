@@ -254,19 +254,22 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     owner = Owner(spec["owner"], spec.get("owner_started"))
     path_fd = os.open(spec["fifo"], os.O_PATH)
+    code = 1
     try:
-        return stream_dump(spec, owner) if spec["mode"] == "dump" else serve_manifest(spec, owner)
+        code = stream_dump(spec, owner) if spec["mode"] == "dump" else serve_manifest(spec, owner)
     except Exception as error:  # noqa: BLE001 - whatever breaks must reach the status file
         status = read_status(spec["status"])
         if spec["mode"] == "dump":
             stop_producer(spec)
         fail(spec, status, f"{status.get('label', spec['mode'])}: {type(error).__name__}: {error}", None)
         stop_readers(spec["fifo"])  # before this process's end closes the pipe under a reading borg
-        return 1
     finally:
-        # The pipe is read once; a second reader (another repository's borg create) must not
-        # wait forever on it, nor a borg that reaches it after this process gave up.
-        release_pipe(spec["fifo"], path_fd)
+        # A run that failed or ended before borg came: no borg may wait on the pipe now. After
+        # a success the pipe stays until the release (borg still looks at the path once it has
+        # read it).
+        if code != 0:
+            release_pipe(spec["fifo"], path_fd)
+    return code
 
 
 if __name__ == "__main__":
