@@ -48,11 +48,15 @@ class MariaDB:
     def start(self, timeout: float = 60) -> "MariaDB":
         self.base.mkdir(parents=True, exist_ok=True)
         if not self.datadir.exists():
-            subprocess.run(
+            installed = subprocess.run(
                 [_binary("mariadb-install-db", "mysql_install_db"), "--no-defaults", f"--datadir={self.datadir}",
                  "--user=root", "--auth-root-authentication-method=normal", "--skip-test-db"],
-                check=True, capture_output=True,
+                capture_output=True, text=True,
             )
+            if installed.returncode != 0:
+                shutil.rmtree(self.datadir, ignore_errors=True)  # a retry starts from scratch
+                output = (installed.stdout + installed.stderr).strip().splitlines()
+                raise RuntimeError(f"mariadb-install-db exited {installed.returncode}: {' | '.join(output[-5:])}")
         argv = [
             _binary("mariadbd", "mysqld"), "--no-defaults", f"--datadir={self.datadir}", f"--socket={self.socket}",
             f"--port={self.port}", "--bind-address=127.0.0.1", "--user=root", f"--pid-file={self.pidfile}",
