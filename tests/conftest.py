@@ -92,6 +92,9 @@ def set_borg_environment(monkeypatch, tmp_path_factory) -> None:
     monkeypatch.setenv("BORG_PASSPHRASE", "emg-borg-test-passphrase")
     monkeypatch.setenv("BORG_RELOCATED_REPO_ACCESS_IS_OK", "yes")
     monkeypatch.setenv("BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK", "yes")
+    # borg checks its own code at every start (0.1 s of CPU); the suite starts borg thousands of
+    # times, and that check says nothing about emg-borg.
+    monkeypatch.setenv("BORG_SELFTEST", "disabled")
     monkeypatch.delenv("BORG_REPO", raising=False)
     # borgmatic makes its runtime dir in $XDG_RUNTIME_DIR, else in /tmp, and before each create
     # removes the bootstrap manifest of every `borgmatic-*` dir there: another worker's borgmatic

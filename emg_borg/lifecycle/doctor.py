@@ -53,7 +53,8 @@ def doctor(config_path, manager, borgmatic_config=None) -> list[Check]:
         checks += found
     else:
         checks.append(Check("borgmatic", WARN, "its configuration was not checked (pass --borgmatic-config FILE)"))
-    checks.append(free_space_check(run, last_dump))
+    streams = any(check.name == "dumps" and check.status == OK and "stream" in check.detail for check in checks)
+    checks.append(free_space_check(run, None if streams else last_dump, streams))
     return checks
 
 
@@ -103,13 +104,14 @@ def runtime_dir_checks(run) -> list[Check]:
     return [Check("runtime_dir", OK, f"{root} is writable and outside every archived root{where}")]
 
 
-def free_space_check(run, last_dump: int | None) -> Check:
-    """The staging area holds the dumps until borg has read them: room for about twice the last
-    dump (it grows), and never less than MIN_FREE."""
+def free_space_check(run, last_dump: int | None, streams: bool = False) -> Check:
+    """A staged dump lies in the staging area until borg has read it: room for about twice the
+    last dump (it grows), and never less than MIN_FREE. A streamed dump needs none."""
     where = _existing(run.runtime.root)
     free = shutil.disk_usage(where).free
     need = max(MIN_FREE, 2 * (last_dump or 0))
-    basis = f"the last dump was {human_size(last_dump)}" if last_dump else "the last dump's size is unknown"
+    basis = ("the dump streams into borg, none of it is staged" if streams else
+             f"the last dump was {human_size(last_dump)}" if last_dump else "the last dump's size is unknown")
     lvm = "; LVM: the volume group's free space for the snapshot is not checked" if run.provider == "lvm" else ""
     status = WARN if free < need else OK
     advice = f", less than {human_size(need)}" if free < need else ""
