@@ -80,14 +80,17 @@ def emg_borg_capture_message_id(run: BackupRun) -> int | None:
 @hookspec
 def emg_borg_begin_dumps(run: BackupRun) -> None:
     """Start dumps whose consistent view begins inside the consistency point; return only once
-    it has begun. Stage each dump at `run.dump_path(plugin, filename)`; keep what is running in
+    it has begun. When `run.stream_dumps`, start a dump command with `run.stream_dump(...)`: its
+    output streams into borg through a named pipe, counted and hashed for the manifest; else
+    stage each dump at `run.dump_path(plugin, filename)`. Keep what is running in
     `run.state(plugin)` for `finish_dumps` and `release`."""
 
 
 @hookspec
 def emg_borg_finish_dumps(run: BackupRun) -> list[Dump] | None:
     """After the consistency point: wait for the dumps, check they are complete, and return one
-    `Dump` each (`Dump.of_file` records size and sha256); they are listed in the manifest."""
+    `Dump` each (`Dump.of_file` records size and sha256; a streamed dump's `handle.dump(...)`
+    leaves them to the streamer); they are listed in the manifest."""
 
 
 @hookspec

@@ -107,12 +107,17 @@ def test_a_dump_that_fails_while_it_streams_stops_borg_and_leaves_no_archive(how
     filler(mariadb, emg.database)
     body, words = FAILING_DUMPS[how]
     fake_first_on_path(monkeypatch, tmp_path, "mysqldump", f'REAL={subprocess.run(["which", "mysqldump"], capture_output=True, text=True).stdout.strip()}\n{body}')
-    result = emg.borgmatic_create(check=False)
+    result = emg.borgmatic_create("--list", check=False)
     output = result.stdout + result.stderr
     assert result.returncode != 0
     errors = [line for line in result.stderr.splitlines() if line.startswith("emg-borg: error:")]
-    assert len(errors) == 1 and words.format(db=emg.database) in errors[0], output
+    assert len(errors) == 1 and errors[0].count(words.format(db=emg.database)) == 1, output
     assert "borg was stopped, no archive was made" in errors[0]
+    # The dump's own streamer stopped borg inside the dump: borg never went on to the manifest (a
+    # streamer that only closed its pipe would leave that to the manifest's, with borg listing
+    # the manifest it was reading when stopped, as it lists the dump here).
+    assert f"staging/emg-borg/dumps/mysql/{emg.database}.sql" in output
+    assert "staging/emg-borg/manifest.json" not in output, output
     assert borg_list(emg.repo) == []
     assert leftovers(emg) == []
     assert processes_of_this_test() == []

@@ -22,14 +22,15 @@ from pathlib import Path
 from emg_borg.core.files import write_private
 from emg_borg.core.manifest import Dump
 from emg_borg.core.runtime import CORE, Ledger, RuntimeDir
-from emg_borg.core.streamer import read_status, start_time
+from emg_borg.core.streamer import process_state, read_status, start_time, stop_readers
+from emg_borg.errors import EmgBorgError
 
 KIND = "stream"
 FINAL_MANIFEST = "manifest.final.json"
 MANIFEST_TEMPLATE = "manifest.json"
 # The producer's exit code reaches the streamer through a pipe on the wrapping shell's fd 0 (the
 # producer itself reads /dev/null and does not hold that pipe).
-_WRAPPER = '"$@" </dev/null; echo $? >&0'
+_WRAPPER = '"$@" </dev/null; code=$?; echo $code >&0; exit $code'
 
 
 def streams_dir(runtime: RuntimeDir) -> Path:
@@ -54,8 +55,19 @@ class ProducerHandle:
         self.status = streams_dir(runtime) / f"{name}.status.json"
 
     def poll(self) -> int | None:
-        """The producer's shell's exit code, or None while it runs."""
+        """The producer's exit code (its shell exits with it), or None while it runs."""
         return self.process.poll()
+
+    def failure(self) -> str | None:
+        """Why the producer failed, when it has already ended with an error: the streamer need
+        not wait for borg to say so."""
+        code = self.process.poll()
+        if not code:
+            return None
+        stderr = streams_dir(self.runtime) / f"{self.name}.stderr"
+        lines = [line.strip() for line in stderr.read_text(errors="replace").splitlines() if line.strip()] \
+            if stderr.exists() else []
+        return f"{self.label} failed (exit {code}): {lines[-1] if lines else 'no error output'}"
 
     def carry(self) -> None:
         """Start the streamer that moves the producer's output into the named pipe."""
@@ -102,7 +114,7 @@ def start_producer(runtime: RuntimeDir, ledger: Ledger, owner_pid: int, *, name:
     try:
         process = subprocess.Popen(
             ["/bin/sh", "-c", _WRAPPER, "sh", *argv], stdin=exit_write, stdout=out_write, stderr=stderr,
-            pass_fds=pass_fds, process_group=0,
+            pass_fds=pass_fds, start_new_session=True,  # its own process group, killed as one
         )
     finally:
         stderr.close()
@@ -121,7 +133,7 @@ def spawn_streamer(runtime, ledger, name, spec, stdin, pass_fds=(), *, fifo=None
     try:
         process = subprocess.Popen(
             [sys.executable, "-m", "emg_borg.core.streamer", str(spec_path)], stdin=stdin, stdout=subprocess.DEVNULL,
-            stderr=log, pass_fds=pass_fds, process_group=0, cwd="/",
+            stderr=log, pass_fds=pass_fds, start_new_session=True, cwd="/",
         )
     finally:
         log.close()
@@ -187,13 +199,20 @@ def release(entry: dict) -> None:
     """Stop a stream's process group (if it is still the one recorded) and remove its pipe."""
     pgid = int(entry.get("pgid") or 0)
     if pgid and start_time(pgid) == entry.get("leader_started"):
+        if entry.get("fifo"):
+            stop_readers(str(entry["fifo"]))  # a borg reading must not see the end of a cut-off dump
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pgid, signal.SIGKILL)
         deadline = time.monotonic() + 5
         while start_time(pgid) == entry.get("leader_started") and time.monotonic() < deadline:
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(pgid, os.WNOHANG)  # our own child when the run fails inside before-backup
+            if process_state(pgid) == "Z":
+                break  # ended; its parent reaps it
             time.sleep(0.01)
+        if start_time(pgid) == entry.get("leader_started") and process_state(pgid) not in ("Z", None):
+            # Kept in the ledger, and the run lock with it: the dump may still hold its transaction.
+            raise EmgBorgError(f"{entry.get('label', 'a stream')} (process group {pgid}) did not end after SIGKILL")
     if entry.get("fifo"):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(entry["fifo"])

@@ -52,6 +52,15 @@ def read_status(path: str) -> dict:
         return {"state": "unknown"}
 
 
+def process_state(pid: int) -> str | None:
+    """R, S, D, Z, ... (field 3 of /proc/PID/stat); None when there is no such process."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return None
+
+
 def start_time(pid: int) -> str | None:
     """The process's start time in clock ticks since boot (field 22 of /proc/PID/stat): with the
     pid it names one process, even after the pid is reused."""
@@ -73,13 +82,18 @@ class Owner:
 
 
 def release_pipe(fifo: str, path_fd: int) -> None:
-    """Make sure nobody can wait on the pipe after this process: remove its name (a later open
-    fails at once) and, through the O_PATH descriptor taken at start, open and close its write
-    end, which lets a reader already blocked in open() go on to an end of file."""
+    """Make sure nobody waits on the pipe after this process, and nobody reads an end of file
+    from it: through the O_PATH descriptor taken at start, open its write end (a reader blocked
+    in open() gets through), stop every reader, then close and remove the name (a later open
+    fails at once)."""
+    writer = None
+    with contextlib.suppress(OSError):
+        writer = os.open(f"/proc/self/fd/{path_fd}", os.O_WRONLY | os.O_NONBLOCK)
+    if writer is not None:
+        stop_readers(fifo, os.fstat(path_fd))
+        os.close(writer)
     with contextlib.suppress(FileNotFoundError):
         os.unlink(fifo)
-    with contextlib.suppress(OSError):
-        os.close(os.open(f"/proc/self/fd/{path_fd}", os.O_WRONLY | os.O_NONBLOCK))
 
 
 def wait_for_reader(fifo: str, owner: Owner) -> int | None:
@@ -101,10 +115,10 @@ def wait_for_reader(fifo: str, owner: Owner) -> int | None:
         pause = min(pause * 2, 0.1)
 
 
-def readers(fifo: str) -> list[int]:
+def readers(fifo: str, wanted=None) -> list[int]:
     """The processes (borg) holding the named pipe open, found through /proc/PID/fd."""
     try:
-        wanted = os.stat(fifo)
+        wanted = wanted or os.stat(fifo)
     except OSError:
         return []
     found = []
@@ -121,17 +135,17 @@ def readers(fifo: str) -> list[int]:
     return found
 
 
-def stop_readers(fifo: str) -> list[int]:
+def stop_readers(fifo: str, wanted=None) -> list[int]:
     """SIGTERM every reader of the pipe (borg ends its create without an archive); SIGKILL those
-    still there after READER_STOP_SECONDS."""
-    pids = readers(fifo)
+    still there after READER_STOP_SECONDS. `wanted`: the pipe's stat when its name is gone."""
+    pids = readers(fifo, wanted)
     for pid in pids:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + READER_STOP_SECONDS
-    while time.monotonic() < deadline and any(pid in readers(fifo) for pid in pids):
+    while time.monotonic() < deadline and any(pid in readers(fifo, wanted) for pid in pids):
         time.sleep(0.05)
-    for pid in readers(fifo):
+    for pid in readers(fifo, wanted):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
     return pids
@@ -262,7 +276,9 @@ def main(argv: list[str]) -> int:
         if spec["mode"] == "dump":
             stop_producer(spec)
         fail(spec, status, f"{status.get('label', spec['mode'])}: {type(error).__name__}: {error}", None)
-        stop_readers(spec["fifo"])  # before this process's end closes the pipe under a reading borg
+        # Before this process's end closes the pipe under a reading borg.
+        status["stopped_readers"] = stop_readers(spec["fifo"])
+        write_status(spec["status"], status)
     finally:
         # A run that failed or ended before borg came: no borg may wait on the pipe now. After
         # a success the pipe stays until the release (borg still looks at the path once it has

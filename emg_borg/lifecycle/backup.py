@@ -72,9 +72,10 @@ def before_backup(config, manager, *, dry_run=False, repository=None, borgmatic_
 
     run.runtime.ensure()
     lock = RunLock(run.runtime.lock)
-    owner = run_owner_pid()
-    run.owner_pid = borgmatic_pid() or owner  # the streamers wait for borg as long as it may come
-    stale = lock.acquire(owner, run.run_id)
+    # The run belongs to the borgmatic that runs borg (however many wrappers stand between);
+    # the lock and the streamers live as long as it does.
+    run.owner_pid = borgmatic_pid() or run_owner_pid()
+    stale = lock.acquire(run.owner_pid, run.run_id)
     try:
         with signals_raise():
             if stale is not None or run.ledger.entries:

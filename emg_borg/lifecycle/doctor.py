@@ -53,7 +53,8 @@ def doctor(config_path, manager, borgmatic_config=None) -> list[Check]:
         checks += found
     else:
         checks.append(Check("borgmatic", WARN, "its configuration was not checked (pass --borgmatic-config FILE)"))
-    streams = any(check.name == "dumps" and check.status == OK and "stream" in check.detail for check in checks)
+    streams = any(check.name == "dumps" and check.status == OK and check.detail.startswith("stream into borg")
+                  for check in checks)
     checks.append(free_space_check(run, None if streams else last_dump, streams))
     return checks
 

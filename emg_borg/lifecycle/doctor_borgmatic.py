@@ -60,6 +60,8 @@ def transfer_check(path, run, data, sections) -> Check:
     before = [command for command, _, _ in _hooks(data, sections)["before-backup"]]
     if before and not any("--borgmatic-config" in command for command in before):
         obstacles.insert(0, f"{path}: its before-backup hook passes no --borgmatic-config {{configuration_filename}}")
+    if obstacles and run.config["backup"]["stream_dumps"] == "always":
+        return Check("dumps", FAIL, f'[backup] stream_dumps = "always", but {obstacles[0]}')
     if obstacles:
         return Check("dumps", WARN, f"staged as files under runtime_dir, not streamed: {obstacles[0]}")
     return Check("dumps", OK, "stream into borg through a named pipe (read_special, one repository)")

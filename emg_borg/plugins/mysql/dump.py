@@ -16,7 +16,7 @@ import time
 
 from emg_borg.core.manifest import Dump
 from emg_borg.core.progress import PROGRESS, Throttle
-from emg_borg.errors import EmgBorgError
+from emg_borg.errors import CommandError, EmgBorgError
 from emg_borg.external import mysql
 from emg_borg.plugins.mysql.lock import session
 from emg_borg.plugins.mysql.settings import NAME, query_one
@@ -93,6 +93,8 @@ def begin(run) -> None:
             dump.abort()
             raise EmgBorgError("mysqldump did not begin its transaction within [mysql] lock_timeout")
         time.sleep(0.002)
+    if run.stream_dumps and dump.failure():
+        raise CommandError(dump.failure())
 
 
 def finish(run) -> Dump | None:
@@ -104,6 +106,8 @@ def finish(run) -> Dump | None:
     binlog = run.state(NAME).get("binlog")
     details = {"binlog_file": binlog["file"], "binlog_position": binlog["position"]} if binlog else {}
     if run.stream_dumps:
+        if dump.failure():  # it ended with an error already: no need to wait for borg to say so
+            raise CommandError(dump.failure())
         # The streamer checks its exit and completion line and counts it on its way into borg.
         logger.info("dump of %s streams into borg", database)
         return dump.dump(NAME, database, format="sql", **details)
