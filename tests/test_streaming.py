@@ -309,3 +309,33 @@ def test_a_borg_that_comes_after_the_streamers_gave_up_does_not_wait_forever(emg
     assert ended.returncode == 1
     assert f"emg-borg: error: borg never read mysqldump of {emg.database}: the run ended first" in ended.stderr
     assert leftovers(emg) == []
+
+
+FAILING_MANIFEST = '''
+from emg_borg.hookspecs import hookimpl
+
+
+@hookimpl
+def emg_borg_manifest_fields(run):
+    raise RuntimeError("the site inventory is down")
+'''
+
+
+def test_a_before_backup_failing_after_the_streams_started_leaves_nothing(emg, mariadb, tmp_path):
+    """The manifest step fails after mysqldump and its streamer run: the one error line, and the
+    release stops them (process groups), removes the pipes, and gives up the lock."""
+    from test_hooks import install_entry_point
+
+    filler(mariadb, emg.database, 1)  # mysqldump is still waiting for borg when the step fails
+    env = install_entry_point(tmp_path, "inventory", "emg_inventory_plugin", FAILING_MANIFEST)
+    config = emg.borgmatic_config()
+    result = run([sys.executable, "-m", "emg_borg", "-c", str(emg.config_path), "before-backup", "--borgmatic-config",
+                  str(config)], env=env, check=False)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("emg-borg: error:")]
+    assert result.returncode == 1
+    assert errors == ["emg-borg: error: unexpected RuntimeError: the site inventory is down (run with -v for a "
+                      "traceback)"], result.stderr
+    assert "dumps stream into borg through a named pipe" in result.stderr
+    assert leftovers(emg) == []
+    assert processes_of_this_test() == []
+    assert not (emg.runtime / "lock").exists() and not (emg.runtime / "staging").exists()
