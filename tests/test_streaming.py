@@ -16,7 +16,8 @@ import time
 
 import pytest
 
-from conftest import TEST_MARK, Emg, borg, borg_cat, borg_list, leftovers, run
+from conftest import TEST_MARK, Emg, borg, borg_cat, borg_list, leftovers, marked_processes, run
+from test_faults import fake_bin
 
 pytestmark = [pytest.mark.e2e]
 
@@ -31,28 +32,12 @@ def filler(mariadb, database, megabytes=4) -> None:
 
 
 def fake_first_on_path(monkeypatch, tmp_path, name: str, body: str) -> None:
-    directory = tmp_path / "fake-bin"
-    directory.mkdir(exist_ok=True)
-    (directory / name).write_text(f"#!/bin/bash\n{body}\n")
-    (directory / name).chmod(0o755)
-    monkeypatch.setenv("PATH", f"{directory}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("PATH", f"{fake_bin(tmp_path, {name: body})}{os.pathsep}{os.environ['PATH']}")
 
 
 def processes_of_this_test() -> list[str]:
     """Processes carrying the test's mark (everything emg-borg started inherits it)."""
-    mark = f"{TEST_MARK}={os.environ[TEST_MARK]}".encode()
-    found = []
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/environ", "rb") as f:
-                if mark in f.read().split(b"\0"):
-                    with open(f"/proc/{entry.name}/cmdline", "rb") as c:
-                        found.append(c.read().replace(b"\0", b" ").decode(errors="replace").strip())
-        except OSError:
-            continue
-    return found
+    return marked_processes(os.environ[TEST_MARK], exclude=(os.getpid(),))
 
 
 def test_a_streamed_dump_reaches_the_archive_whole_and_never_lies_on_disk(emg, mariadb, tmp_path, monkeypatch):
@@ -157,7 +142,7 @@ def test_the_streamers_end_by_themselves_when_the_run_is_gone(emg, mariadb, tmp_
             assert driver.poll() is None and time.monotonic() < deadline
             time.sleep(0.05)
         assert any("emg_borg.core.streamer" in p for p in processes_of_this_test())
-        assert any(p.startswith("mysqldump") for p in processes_of_this_test())
+        assert any(": mysqldump " in p for p in processes_of_this_test())
     finally:
         driver.kill()
         driver.wait()

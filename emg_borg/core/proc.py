@@ -19,14 +19,33 @@ def comm(pid: int, proc="/proc") -> str:
         return ""
 
 
-def parent(pid: int, proc="/proc") -> int:
-    """The parent's pid (0 when unknown)."""
+def _stat_fields(pid: int, proc="/proc") -> list[str]:
+    """/proc/PID/stat from its third field on (after the name, which may hold spaces); [] when
+    the process is gone."""
     try:
         with open(os.path.join(proc, str(pid), "stat")) as f:
-            stat = f.read()
-        return int(stat.rsplit(")", 1)[1].split()[1])
-    except (OSError, IndexError, ValueError):
-        return 0
+            return f.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return []
+
+
+def parent(pid: int, proc="/proc") -> int:
+    """The parent's pid (0 when unknown)."""
+    fields = _stat_fields(pid, proc)
+    return int(fields[1]) if len(fields) > 1 else 0
+
+
+def state(pid: int, proc="/proc") -> str | None:
+    """R, S, D, Z, ...; None when there is no such process."""
+    fields = _stat_fields(pid, proc)
+    return fields[0] if fields else None
+
+
+def start_time(pid: int, proc="/proc") -> str | None:
+    """The start time in clock ticks since boot: with the pid it names one process, even after
+    the pid is reused. None when there is no such process."""
+    fields = _stat_fields(pid, proc)
+    return fields[19] if len(fields) > 19 else None
 
 
 def cmdline(pid: int, proc="/proc") -> list[bytes]:

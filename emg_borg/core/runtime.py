@@ -110,28 +110,24 @@ def _is_command_shell(pid: int) -> bool:
 
 
 def run_owner_pid() -> int:
-    """The process a run belongs to: the nearest ancestor that is not a one-command shell.
+    """The process a run belongs to: the nearest borgmatic ancestor, else the nearest ancestor
+    that is not a one-command shell.
 
-    borgmatic runs each hook through `sh -c`, so that shell differs between before-backup and
-    after-backup while the borgmatic process above it is the same. A backup script's own shell
-    (`bash backup.sh`) is the owner when a script drives the hooks, so two scripts started by
-    the same cron daemon are two owners.
+    borgmatic runs each hook through `sh -c` (and maybe a wrapper script), so those differ
+    between before-backup and after-backup while the borgmatic process above them is the same,
+    and runs borg after the hooks: the run lock and the dump streams live as long as it does. A
+    backup script's own shell (`bash backup.sh`) is the owner when a script drives the hooks, so
+    two scripts started by the same cron daemon are two owners.
     """
-    pid = os.getppid()
-    while pid > 1 and _is_command_shell(pid):
-        pid = proc.parent(pid)
-    return pid if pid > 1 else os.getppid()
-
-
-def borgmatic_pid() -> int | None:
-    """The nearest ancestor named borgmatic: the process that runs borg after the hooks, however
-    many wrappers stand between (the streamers of a run live as long as it does)."""
     pid = os.getppid()
     while pid > 1:
         if proc.comm(pid) == "borgmatic":
             return pid
         pid = proc.parent(pid)
-    return None
+    pid = os.getppid()
+    while pid > 1 and _is_command_shell(pid):
+        pid = proc.parent(pid)
+    return pid if pid > 1 else os.getppid()
 
 
 class RunLock:

@@ -22,7 +22,9 @@ from pathlib import Path
 from emg_borg.core.files import write_private
 from emg_borg.core.manifest import Dump
 from emg_borg.core.runtime import CORE, Ledger, RuntimeDir
-from emg_borg.core.streamer import process_state, read_status, start_time, stop_readers
+from emg_borg.core.proc import start_time
+from emg_borg.core.proc import state as process_state
+from emg_borg.core.streamer import read_status, stop_readers
 from emg_borg.errors import EmgBorgError
 
 KIND = "stream"

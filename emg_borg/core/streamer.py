@@ -13,7 +13,8 @@ is stopped (SIGTERM to whoever reads the pipe) before this end of the pipe close
 sees the end of a truncated file, and its `create` fails. Each streamer exits by itself once the
 run's owner (borgmatic) is gone; after-backup and on-error stop it otherwise.
 
-Standard library only: it starts next to a frozen database, and must not wait for imports.
+It imports only the standard library and two small core modules: it starts next to a frozen
+database, and must not wait for imports.
 """
 
 from __future__ import annotations
@@ -27,6 +28,10 @@ import os
 import signal
 import sys
 import time
+from pathlib import Path
+
+from emg_borg.core.files import write_private
+from emg_borg.core.proc import start_time
 
 CHUNK = 1 << 20
 F_SETPIPE_SZ = 1031  # Linux: a larger pipe lets the producer run ahead of short stalls in borg
@@ -35,13 +40,7 @@ READER_STOP_SECONDS = 10
 
 def write_status(path: str, status: dict) -> None:
     """Atomically replace the status file (read by after-backup, on-error and the manifest server)."""
-    tmp = f"{path}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump(status, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_private(Path(path), json.dumps(status))
 
 
 def read_status(path: str) -> dict:
@@ -50,25 +49,6 @@ def read_status(path: str) -> dict:
             return json.load(f)
     except (OSError, ValueError):
         return {"state": "unknown"}
-
-
-def process_state(pid: int) -> str | None:
-    """R, S, D, Z, ... (field 3 of /proc/PID/stat); None when there is no such process."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return None
-
-
-def start_time(pid: int) -> str | None:
-    """The process's start time in clock ticks since boot (field 22 of /proc/PID/stat): with the
-    pid it names one process, even after the pid is reused."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return None
 
 
 class Owner:

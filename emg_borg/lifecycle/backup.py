@@ -18,7 +18,7 @@ from emg_borg.core.files import remove_tree, write_private
 from emg_borg.core.host import machine_identity
 from emg_borg.core.manifest import ARCHIVE_PATH, DUMPS_DIR, FORMAT_VERSION
 from emg_borg.core.run import BackupRun
-from emg_borg.core.runtime import CORE, Ledger, RunLock, RuntimeDir, borgmatic_pid, run_owner_pid
+from emg_borg.core.runtime import CORE, Ledger, RunLock, RuntimeDir, run_owner_pid
 from emg_borg.core.signals import signals_raise
 from emg_borg.emg.categories import CATEGORIES
 from emg_borg.errors import EmgBorgError
@@ -72,9 +72,7 @@ def before_backup(config, manager, *, dry_run=False, repository=None, borgmatic_
 
     run.runtime.ensure()
     lock = RunLock(run.runtime.lock)
-    # The run belongs to the borgmatic that runs borg (however many wrappers stand between);
-    # the lock and the streamers live as long as it does.
-    run.owner_pid = borgmatic_pid() or run_owner_pid()
+    run.owner_pid = run_owner_pid()
     stale = lock.acquire(run.owner_pid, run.run_id)
     try:
         with signals_raise():

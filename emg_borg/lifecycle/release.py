@@ -13,7 +13,7 @@ import logging
 from emg_borg.core import stream
 from emg_borg.core.files import remove_empty_dirs, remove_tree
 from emg_borg.core.run import BackupRun
-from emg_borg.core.runtime import Ledger, RunLock, RuntimeDir, borgmatic_pid, run_owner_pid
+from emg_borg.core.runtime import Ledger, RunLock, RuntimeDir, run_owner_pid
 from emg_borg.core.signals import signals_deferred
 from emg_borg.errors import EmgBorgError
 from emg_borg.lifecycle import archives, outcome, providers
@@ -83,7 +83,7 @@ def release_backup(config, manager, *, force=False, repository=None, dry_run=Fal
         if command == outcome.ON_ERROR and not dry_run:  # before-backup failed, or borgmatic before it
             outcome.report(run, command, succeeded=False)
         return "nothing to release"
-    other = lock.held_by_other_live_run(borgmatic_pid() or run_owner_pid())
+    other = lock.held_by_other_live_run(run_owner_pid())
     if other and not force:
         logger.warning(
             "the run lock belongs to another running backup (pid %s, run %s); leaving its resources alone "

@@ -93,8 +93,8 @@ def begin(run) -> None:
             dump.abort()
             raise EmgBorgError("mysqldump did not begin its transaction within [mysql] lock_timeout")
         time.sleep(0.002)
-    if run.stream_dumps and dump.failure():
-        raise CommandError(dump.failure())
+    if run.stream_dumps and (failure := dump.failure()):
+        raise CommandError(failure)
 
 
 def finish(run) -> Dump | None:
@@ -106,8 +106,8 @@ def finish(run) -> Dump | None:
     binlog = run.state(NAME).get("binlog")
     details = {"binlog_file": binlog["file"], "binlog_position": binlog["position"]} if binlog else {}
     if run.stream_dumps:
-        if dump.failure():  # it ended with an error already: no need to wait for borg to say so
-            raise CommandError(dump.failure())
+        if failure := dump.failure():  # it ended with an error already: no need to wait for borg
+            raise CommandError(failure)
         # The streamer checks its exit and completion line and counts it on its way into borg.
         logger.info("dump of %s streams into borg", database)
         return dump.dump(NAME, database, format="sql", **details)
