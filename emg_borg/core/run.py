@@ -48,6 +48,7 @@ class BackupRun:
     failures: list = dataclasses.field(default_factory=list)  # problems found while releasing
     # Dumps stream into borg through named pipes (else they are staged as files), and why.
     stream_dumps: bool = False
+    keep_streams: bool = False  # every reader gets the whole dump (borgmatic retries borg create)
     transfer_reason: str = ""
     streams: list = dataclasses.field(default_factory=list)  # stream.ProducerHandle, in start order
     owner_pid: int = 0  # the process the run belongs to (borgmatic); streamers end when it is gone
@@ -72,7 +73,7 @@ class BackupRun:
         fifo, archive_path = self.dump_path(plugin, filename)
         handle = stream.start_producer(self.runtime, self.ledger, self.owner_pid, name=f"{plugin}-{filename}",
                                        label=label, argv=argv, fifo=fifo, archive_path=archive_path, footer=footer,
-                                       pass_fds=pass_fds)
+                                       pass_fds=pass_fds, keep=self.keep_streams)
         self.streams.append(handle)
         return handle
 

@@ -24,7 +24,8 @@ from emg_borg.core.manifest import Dump
 from emg_borg.core.runtime import CORE, Ledger, RuntimeDir
 from emg_borg.core.proc import start_time
 from emg_borg.core.proc import state as process_state
-from emg_borg.core.streamer import read_status, stop_readers
+from emg_borg.core.named_pipe import stop_readers
+from emg_borg.core.streamer import read_status
 from emg_borg.errors import EmgBorgError
 
 KIND = "stream"
@@ -50,8 +51,9 @@ def _ensure_dir(runtime: RuntimeDir, ledger: Ledger) -> Path:
 class ProducerHandle:
     """A producer started into a pipe; `carry` connects it to its named pipe through a streamer."""
 
-    def __init__(self, runtime, ledger, owner, label, fifo, archive_path, footer, process, out_fd, exit_fd, name):
-        self.runtime, self.ledger, self.owner, self.label = runtime, ledger, owner, label
+    def __init__(self, runtime, ledger, owner, label, fifo, archive_path, footer, process, out_fd, exit_fd, name,
+                 keep=False):
+        self.runtime, self.ledger, self.owner, self.label, self.keep = runtime, ledger, owner, label, keep
         self.fifo, self.archive_path, self.footer, self.process = Path(fifo), archive_path, footer, process
         self.out_fd, self.exit_fd, self.name = out_fd, exit_fd, name
         self.status = streams_dir(runtime) / f"{name}.status.json"
@@ -76,7 +78,9 @@ class ProducerHandle:
         directory = streams_dir(self.runtime)
         spec = {"mode": "dump", "label": self.label, "fifo": str(self.fifo), "status": str(self.status),
                 "stderr": str(directory / f"{self.name}.stderr"), "footer": self.footer,
-                "producer_pgid": self.process.pid, "exit_fd": self.exit_fd, **self.owner}
+                "buffer": str(directory / f"{self.name}.buffer"), "keep": self.keep,
+                "producer_pgid": self.process.pid, "producer_started": start_time(self.process.pid),
+                "exit_fd": self.exit_fd, **self.owner}
         spawn_streamer(self.runtime, self.ledger, self.name, spec, self.out_fd, (self.exit_fd,), fifo=self.fifo)
         self._close_pipes()
 
@@ -103,9 +107,10 @@ def owner_of(pid: int) -> dict:
 
 
 def start_producer(runtime: RuntimeDir, ledger: Ledger, owner_pid: int, *, name: str, label: str, argv: tuple,
-                   fifo: Path, archive_path: str, footer: str, pass_fds=()) -> ProducerHandle:
+                   fifo: Path, archive_path: str, footer: str, pass_fds=(), keep=False) -> ProducerHandle:
     """Start `argv` writing into a pipe, in a process group of its own, its stderr kept for the
-    error line. Returns at once: the caller waits for the producer's consistent view to begin."""
+    error line. Returns at once: the caller waits for the producer's consistent view to begin.
+    `keep`: every reader of the run gets the whole output (borgmatic retries `borg create`)."""
     directory = _ensure_dir(runtime, ledger)
     fifo = Path(fifo)
     fifo.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -124,7 +129,7 @@ def start_producer(runtime: RuntimeDir, ledger: Ledger, owner_pid: int, *, name:
         os.close(exit_write)
     ledger.add(CORE, KIND, pgid=process.pid, leader_started=start_time(process.pid), fifo=fifo, label=label)
     return ProducerHandle(runtime, ledger, owner_of(owner_pid), label, fifo, archive_path, footer, process,
-                          out_read, exit_read, name)
+                          out_read, exit_read, name, keep)
 
 
 def spawn_streamer(runtime, ledger, name, spec, stdin, pass_fds=(), *, fifo=None) -> None:
@@ -154,7 +159,8 @@ def serve_manifest(runtime: RuntimeDir, ledger: Ledger, owner_pid: int, manifest
     os.mkfifo(fifo, 0o600)
     spec = {"mode": "manifest", "fifo": str(fifo), "status": str(directory / "manifest.status.json"),
             "template": str(template), "final": str(directory / FINAL_MANIFEST),
-            "dumps": {handle.archive_path: str(handle.status) for handle in streamed}, **owner_of(owner_pid)}
+            "dumps": {handle.archive_path: str(handle.status) for handle in streamed},
+            "keep": any(handle.keep for handle in streamed), **owner_of(owner_pid)}
     spawn_streamer(runtime, ledger, "manifest", spec, subprocess.DEVNULL, fifo=fifo)
 
 
@@ -183,11 +189,11 @@ def problems(runtime: RuntimeDir, unread: bool = True) -> list[str]:
     explains the others still waiting (borg was stopped before it reached them); streams borg
     never read count only with `unread` (after a borg that succeeded)."""
     found = sorted(statuses(runtime), key=lambda status: status.get("label") == "the manifest")
-    failed = list(dict.fromkeys(
-        f"{s.get('error')}; borg was stopped, no archive was made" if s.get("stopped_readers") else str(s.get("error"))
-        for s in found if s.get("state") == "failed"))
-    if failed:
-        return failed
+    errors = [s for s in found if s.get("state") == "failed"]
+    if errors:
+        stopped = {str(s.get("error")) for s in errors if s.get("stopped_readers")}
+        return [f"{error}; borg was stopped, no archive was made" if error in stopped else error
+                for error in dict.fromkeys(str(s.get("error")) for s in errors)]
     unread_labels = sorted((s.get("label") or "a stream" for s in found if s.get("state") != "complete"),
                            key=lambda label: label == "the manifest")
     if not unread or not unread_labels:

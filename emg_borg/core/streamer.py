@@ -1,20 +1,23 @@
 """The process that carries a streamed dump into borg: `python -m emg_borg.core.streamer SPEC`.
 
 before-backup starts the producer (a dump command) inside the consistency point with its stdout on a
-pipe, and then this process (mode `dump`): it reads the pipe, counts and hashes every byte and
-writes it into a named pipe in the staging area, which `borg create --read-special` stores as the
-dump's archive member. A second instance (mode `manifest`) serves `emg-borg/manifest.json` through
-a named pipe once every dump has passed, so the manifest carries each dump's size and sha256:
-the patterns file names the dumps before the manifest, and borg reads its roots in that order.
+pipe, and then this process (mode `dump`): a drain thread reads that pipe at the producer's own
+pace into a disk buffer (`dump_buffer`), counting and hashing every byte, and the main thread
+serves the buffer into a named pipe in the staging area, which `borg create --read-special` stores
+as the dump's archive member. A second instance (mode `manifest`) serves `emg-borg/manifest.json`
+through a named pipe once every dump has passed, so the manifest carries each dump's size and
+sha256: the patterns file names the dumps before the manifest, and borg reads its roots in order.
 
 No archive may look good with a bad dump in it. When the producer fails or ends without its
-completion line, or borg reaches the manifest before a dump, the failure is recorded and borg
-is stopped (SIGTERM to whoever reads the pipe) before this end of the pipe closes: borg never
-sees the end of a truncated file, and its `create` fails. Each streamer exits by itself once the
-run's owner (borgmatic) is gone; after-backup and on-error stop it otherwise.
+completion line, the buffer's disk is full, borg reaches the manifest before a dump, or any
+process but the run's own borg (a descendant of the run's borgmatic) opens a pipe, the failure is
+recorded and borg is stopped (SIGTERM) before this end of the pipe closes: borg never sees the end
+of a truncated file, and its `create` fails. Each streamer stays until the release, serving a
+retried `borg create` again when the spec says `keep` (borgmatic's `retries`), and exits by itself
+once the run's owner (borgmatic) is gone, removing its pipe so that no later borg waits on it.
 
-It imports only the standard library and two small core modules: it starts next to a frozen
-database, and must not wait for imports.
+It imports only the standard library and small core modules: it starts right after the
+consistency point, next to a running dump.
 """
 
 from __future__ import annotations
@@ -22,20 +25,22 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import hashlib
 import json
 import os
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
+from emg_borg.core import proc
+from emg_borg.core.dump_buffer import CHUNK, DumpBuffer
 from emg_borg.core.files import write_private
-from emg_borg.core.proc import start_time
+from emg_borg.core.named_pipe import readers, release_pipe, stop_readers, wait_for_reader, write_all
 
-CHUNK = 1 << 20
-F_SETPIPE_SZ = 1031  # Linux: a larger pipe lets the producer run ahead of short stalls in borg
-READER_STOP_SECONDS = 10
+F_SETPIPE_SZ = 1031  # Linux: a larger pipe lets the producer run ahead of short stalls
+READER_CHECK_SECONDS = 2.0  # how often the readers of a pipe being served are looked at
+SETTLE_SECONDS = 2.0
 
 
 def write_status(path: str, status: dict) -> None:
@@ -52,83 +57,60 @@ def read_status(path: str) -> dict:
 
 
 class Owner:
-    """The process the run belongs to; the streamer gives up when it is gone."""
+    """The process the run belongs to (borgmatic): the streamer gives up when it is gone, and
+    only its descendants (its borg) may read a pipe."""
 
     def __init__(self, pid: int, started: str | None):
         self.pid, self.started = pid, started
 
     def gone(self) -> bool:
-        return start_time(self.pid) != self.started
+        return proc.start_time(self.pid) != self.started or proc.state(self.pid) == "Z"
+
+    def ancestor_of(self, pid: int) -> bool:
+        while pid > 1:
+            if pid == self.pid:
+                return not self.gone()
+            pid = proc.parent(pid)
+        return False
 
 
-def release_pipe(fifo: str, path_fd: int) -> None:
-    """Make sure nobody waits on the pipe after this process, and nobody reads an end of file
-    from it: through the O_PATH descriptor taken at start, open its write end (a reader blocked
-    in open() gets through), stop every reader, then close and remove the name (a later open
-    fails at once)."""
-    writer = None
-    with contextlib.suppress(OSError):
-        writer = os.open(f"/proc/self/fd/{path_fd}", os.O_WRONLY | os.O_NONBLOCK)
-    if writer is not None:
-        stop_readers(fifo, os.fstat(path_fd))
-        os.close(writer)
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(fifo)
+class Refused(Exception):
+    """A reader that may not read the pipe: the run fails with this message."""
 
 
-def wait_for_reader(fifo: str, owner: Owner) -> int | None:
-    """Open the named pipe for writing once a reader has opened it; None when the owner is gone.
-    Polled (a blocking open could not notice that borgmatic ended)."""
-    pause = 0.005
-    while True:
-        try:
-            fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
-        except OSError as error:
-            if error.errno != errno.ENXIO:  # ENXIO: nobody reads yet
-                raise
-        else:
-            fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
-            return fd
-        if owner.gone():
-            return None
-        time.sleep(pause)
-        pause = min(pause * 2, 0.1)
-
-
-def readers(fifo: str, wanted=None) -> list[int]:
-    """The processes (borg) holding the named pipe open, found through /proc/PID/fd."""
-    try:
-        wanted = wanted or os.stat(fifo)
-    except OSError:
-        return []
-    found = []
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        with contextlib.suppress(OSError):
-            for fd in os.scandir(f"/proc/{entry.name}/fd"):
-                with contextlib.suppress(OSError):
-                    st = os.stat(fd.path)
-                    if (st.st_dev, st.st_ino) == (wanted.st_dev, wanted.st_ino):
-                        found.append(int(entry.name))
-                        break
-    return found
-
-
-def stop_readers(fifo: str, wanted=None) -> list[int]:
-    """SIGTERM every reader of the pipe (borg ends its create without an archive); SIGKILL those
-    still there after READER_STOP_SECONDS. `wanted`: the pipe's stat when its name is gone."""
-    pids = readers(fifo, wanted)
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + READER_STOP_SECONDS
-    while time.monotonic() < deadline and any(pid in readers(fifo, wanted) for pid in pids):
+def next_reader(fifo: str, give_up, previous: set[int]) -> tuple[int | None, set[int]]:
+    """The write end of the pipe once a new reader has opened it, and who holds it; (None, ...)
+    when `give_up()` says so. A reader's descriptor shows in /proc only once its open() has
+    returned, a moment after this end opened; and the readers of the last session may still hold
+    their end (a borg reading its end of file), so the pipe is looked for anew only once they
+    have let go (or after SETTLE_SECONDS)."""
+    deadline = time.monotonic() + SETTLE_SECONDS
+    while previous & set(readers(fifo)) and time.monotonic() < deadline and not give_up():
         time.sleep(0.05)
-    for pid in readers(fifo, wanted):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-    return pids
+    while True:
+        fd = wait_for_reader(fifo, give_up)
+        if fd is None:
+            return None, set()
+        deadline = time.monotonic() + SETTLE_SECONDS
+        while time.monotonic() < deadline:
+            holders = set(readers(fifo))
+            if holders - previous:
+                return fd, holders
+            time.sleep(0.002)
+        os.close(fd)
+
+
+def check_readers(spec: dict, owner: Owner, read_before: bool) -> None:
+    """Raise Refused when a process other than the run's borg holds the pipe, or when the pipe
+    is opened again after a reader had it whole and the spec does not keep it for a retry."""
+    label = spec.get("label", "the manifest")
+    for pid in readers(spec["fifo"]):
+        if not owner.ancestor_of(pid):
+            raise Refused(f"another process (pid {pid}, {proc.comm(pid) or 'gone'}) opened the named pipe of {label}: "
+                          f"only the run's own borg may read it, so the archive cannot be trusted")
+    if read_before and not spec.get("keep"):
+        raise Refused(f"{label} was opened a second time after borg had read it whole; a streamed dump is read "
+                      f"once (with borgmatic's retries it is kept for a second reader)")
 
 
 def last_line(path: str) -> str:
@@ -137,12 +119,6 @@ def last_line(path: str) -> str:
             lines = [line.strip() for line in f if line.strip()]
         return lines[-1] if lines else ""
     return ""
-
-
-def write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
 
 
 def fail(spec: dict, status: dict, error: str, fd: int | None) -> int:
@@ -158,8 +134,9 @@ def fail(spec: dict, status: dict, error: str, fd: int | None) -> int:
 
 
 def stop_producer(spec: dict) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(spec["producer_pgid"], signal.SIGKILL)
+    if spec.get("producer_pgid") and proc.start_time(spec["producer_pgid"]) == spec.get("producer_started"):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(spec["producer_pgid"], signal.SIGKILL)
 
 
 def exit_status(fd: int) -> int | None:
@@ -173,48 +150,111 @@ def exit_status(fd: int) -> int | None:
         return None
 
 
+def drain_and_judge(spec: dict, buffer: DumpBuffer, stop: threading.Event) -> None:
+    """The drain thread: the producer's output into the buffer, then its verdict: a non-zero
+    exit or a missing completion line is the buffer's error."""
+    try:
+        judge(spec, buffer, stop)
+    except Exception as error:  # noqa: BLE001 - the server must learn of it, or borg would wait
+        stop_producer(spec)
+        buffer.finish(f"{spec['label']}: {type(error).__name__}: {error}")
+
+
+def judge(spec: dict, buffer: DumpBuffer, stop: threading.Event) -> None:
+    if not buffer.drain(0, stop):
+        stop_producer(spec)
+        buffer.finish(buffer.error)
+        return
+    code = exit_status(spec["exit_fd"])
+    error = None
+    if code != 0:
+        why = last_line(spec["stderr"]) or "no error output"
+        error = f"{spec['label']} failed (exit {code if code is not None else 'unknown'}): {why}"
+    elif spec["footer"].encode() not in buffer.tail:
+        error = f"{spec['label']} is incomplete: no '{spec['footer']}' line at its end"
+    buffer.finish(error)
+
+
+def serve_reader(fd: int, buffer: DumpBuffer, spec: dict, owner: Owner) -> None:
+    """Give one reader the whole dump. Raises Refused (a reader that may not read), BrokenPipeError
+    (the reader went away) or RuntimeError (the dump failed, the run ended)."""
+    buffer.start_reader()
+    next_check = time.monotonic() + READER_CHECK_SECONDS
+    try:
+        while True:
+            data = buffer.next_chunk(0.5)
+            if buffer.error is not None:
+                raise RuntimeError(buffer.error)
+            if data == b"":
+                break
+            if data is None:
+                if owner.gone():
+                    raise RuntimeError(f"the run ended while borg read {spec['label']}")
+                continue
+            write_all(fd, data)
+            buffer.passed(len(data))
+            if time.monotonic() >= next_check:
+                check_readers(spec, owner, False)
+                next_check = time.monotonic() + READER_CHECK_SECONDS
+        check_readers(spec, owner, False)  # the last look before the end of file
+    finally:
+        buffer.stop_reader()
+
+
 def stream_dump(spec: dict, owner: Owner) -> int:
-    label, footer = spec["label"], spec["footer"].encode()
-    status = {"state": "waiting", "label": label, "pid": os.getpid(), "started": time.time()}
+    label = spec["label"]
+    status = {"state": "waiting", "label": label, "pid": os.getpid(), "started": time.time(), "reads": 0}
     write_status(spec["status"], status)
     with contextlib.suppress(OSError):
         fcntl.fcntl(0, F_SETPIPE_SZ, CHUNK)
-    fd = wait_for_reader(spec["fifo"], owner)
-    if fd is None:
-        stop_producer(spec)
-        return fail(spec, status, f"borg never read {label}: the run ended first", None)
-    status.update(state="streaming", opened=time.time())
-    write_status(spec["status"], status)
-    digest, size, tail = hashlib.sha256(), 0, b""
+    buffer = DumpBuffer(spec["buffer"], bool(spec.get("keep")))
+    stop = threading.Event()
+    threading.Thread(target=drain_and_judge, args=(spec, buffer, stop), daemon=True).start()
+    previous: set[int] = set()
     try:
-        while data := os.read(0, CHUNK):
-            digest.update(data)
-            size += len(data)
-            tail = (tail + data)[-512:]
-            write_all(fd, data)
-    except BrokenPipeError:
-        stop_producer(spec)
-        return fail(spec, status, f"borg stopped reading {label} after {size} bytes", None)
-    code = exit_status(spec["exit_fd"])
-    if code != 0:
-        why = last_line(spec["stderr"]) or "no error output"
-        return fail(spec, status, f"{label} failed (exit {code if code is not None else 'unknown'}): {why}", fd)
-    if footer not in tail:
-        return fail(spec, status, f"{label} is incomplete: no '{spec['footer']}' line at its end", fd)
-    # The status first: borg, seeing the end of this file, goes on to the manifest, whose server
-    # reads this status.
-    status.update(state="complete", bytes=size, sha256=digest.hexdigest(), ended=time.time())
-    write_status(spec["status"], status)
-    os.close(fd)
-    return 0
+        while True:
+            # A dump that failed before borg came still waits for it: borg is stopped inside the
+            # dump's member, and never goes on to archive the rest without it.
+            fd, previous = next_reader(spec["fifo"], owner.gone, previous)
+            if fd is None:
+                if buffer.error is not None:
+                    return fail(spec, status, buffer.error, None)
+                if status["reads"]:
+                    return 0
+                stop_producer(spec)
+                return fail(spec, status, f"borg never read {label}: the run ended first", None)
+            status.update(state="streaming", opened=time.time())
+            write_status(spec["status"], status)
+            try:
+                check_readers(spec, owner, status["reads"] > 0)
+                serve_reader(fd, buffer, spec, owner)
+            except BrokenPipeError:
+                status.update(state="interrupted", error=f"borg stopped reading {label} after {buffer.served} bytes")
+                write_status(spec["status"], status)
+                os.close(fd)
+                if buffer.keep:
+                    continue  # a retried borg create reads it again
+                stop_producer(spec)
+                return fail(spec, status, status["error"], None)
+            except (Refused, RuntimeError) as error:
+                stop_producer(spec)
+                return fail(spec, status, str(error), fd)
+            # The status first: borg, seeing the end of this file, goes on to the manifest, whose
+            # server reads this status.
+            status.update(state="complete", bytes=buffer.size, sha256=buffer.digest.hexdigest(), ended=time.time(),
+                          drained=buffer.drained_at, reads=status["reads"] + 1,
+                          buffer_peak_bytes=buffer.peak_bytes, error=None)
+            write_status(spec["status"], status)
+            os.close(fd)
+    finally:
+        stop.set()
+        status["buffer_peak_bytes"] = buffer.peak_bytes
+        buffer.close()
 
 
-def serve_manifest(spec: dict, owner: Owner) -> int:
-    status = {"state": "waiting", "label": "the manifest", "pid": os.getpid(), "started": time.time()}
-    write_status(spec["status"], status)
-    fd = wait_for_reader(spec["fifo"], owner)
-    if fd is None:
-        return fail(spec, status, "borg never read the manifest: the run ended first", None)
+def manifest_bytes(spec: dict) -> bytes:
+    """The manifest with each streamed dump's size and sha256; RuntimeError when a dump has not
+    reached borg whole."""
     with open(spec["template"]) as f:
         manifest = json.load(f)
     seconds = []
@@ -224,21 +264,39 @@ def serve_manifest(spec: dict, owner: Owner) -> int:
             continue
         result = read_status(streamed)
         if result.get("state") != "complete":
-            why = result.get("error") or (f"borg reached the manifest before reading {dump['path']} (was it "
-                                          f"excluded? borgmatic needs read_special: true)")
-            return fail(spec, status, why, fd)
+            raise RuntimeError(result.get("error") or f"borg reached the manifest before reading {dump['path']} (was "
+                                                      f"it excluded? borgmatic needs read_special: true)")
         dump["bytes"], dump["sha256"] = result["bytes"], result["sha256"]
-        seconds.append(result["ended"] - result["started"])
-    if seconds and "dump_seconds" in manifest:  # a streamed dump lasts until borg has read it
+        dump["buffer_peak_bytes"] = result.get("buffer_peak_bytes")  # disk it took while borg lagged
+        seconds.append(result["drained"] - result["started"])
+    if seconds and "dump_seconds" in manifest:  # a streamed dump lasts until the drain has it all
         manifest["dump_seconds"] = round(max(seconds), 3)
-    data = (json.dumps(manifest, indent=2) + "\n").encode()
-    with open(spec["final"], "wb") as f:
-        f.write(data)
-    status.update(state="complete", bytes=len(data), ended=time.time())
+    return (json.dumps(manifest, indent=2) + "\n").encode()
+
+
+def serve_manifest(spec: dict, owner: Owner) -> int:
+    status = {"state": "waiting", "label": "the manifest", "pid": os.getpid(), "started": time.time(), "reads": 0}
     write_status(spec["status"], status)
-    write_all(fd, data)
-    os.close(fd)
-    return 0
+    previous: set[int] = set()
+    while True:
+        fd, previous = next_reader(spec["fifo"], owner.gone, previous)
+        if fd is None:
+            if status["reads"]:
+                return 0
+            return fail(spec, status, "borg never read the manifest: the run ended first", None)
+        try:
+            check_readers(spec, owner, status["reads"] > 0)
+            data = manifest_bytes(spec)
+        except (Refused, RuntimeError) as error:
+            return fail(spec, status, str(error), fd)
+        write_private(Path(spec["final"]), data)
+        status.update(state="complete", bytes=len(data), ended=time.time(), reads=status["reads"] + 1)
+        write_status(spec["status"], status)
+        try:
+            write_all(fd, data)
+        except BrokenPipeError:
+            pass  # borg went away: a retry reads it again, or the run fails without it
+        os.close(fd)
 
 
 def main(argv: list[str]) -> int:
@@ -247,7 +305,7 @@ def main(argv: list[str]) -> int:
     # SIGTERM from a release ends the process at once; a reader gone shows as BrokenPipeError.
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     owner = Owner(spec["owner"], spec.get("owner_started"))
-    path_fd = os.open(spec["fifo"], os.O_PATH)
+    path_fd = os.open(spec["fifo"], os.O_PATH | os.O_NOFOLLOW)
     code = 1
     try:
         code = stream_dump(spec, owner) if spec["mode"] == "dump" else serve_manifest(spec, owner)
@@ -260,11 +318,10 @@ def main(argv: list[str]) -> int:
         status["stopped_readers"] = stop_readers(spec["fifo"])
         write_status(spec["status"], status)
     finally:
-        # A run that failed or ended before borg came: no borg may wait on the pipe now. After
-        # a success the pipe stays until the release (borg still looks at the path once it has
-        # read it).
-        if code != 0:
-            release_pipe(spec["fifo"], path_fd)
+        # The run is over (its owner gone) or failed: no borg may wait on the pipe now. Until
+        # then the pipe stays, also after a success: borg looks at the path again once it has
+        # read it, and a retried borg create opens it again.
+        release_pipe(spec["fifo"], path_fd)
     return code
 
 

@@ -62,8 +62,11 @@ def before_backup(config, manager, *, dry_run=False, repository=None, borgmatic_
     provider = providers.resolve(run)
     run.provider = provider.name
     problems = provider.preflight(run) + [p for found in run.hook.emg_borg_preflight(run=run) for p in found or ()]
+    if run.borgmatic_config:
+        problems += transfer.overlaps(run.runtime.root, run.borgmatic_config, run.runtime.patterns)
     if "database" in run.categories:
         run.stream_dumps, run.transfer_reason, streaming_problems = transfer.choose(run, run.borgmatic_config)
+        run.keep_streams = run.stream_dumps and bool(run.borgmatic_config) and transfer.retries(run.borgmatic_config) > 0
         problems += streaming_problems
     if dry_run:
         return {**plan_summary(run), "problems": problems}

@@ -1,0 +1,89 @@
+"""Named pipes that borg reads: waiting for a reader, finding who holds one open, stopping its
+readers, and making sure nobody waits on one after its writer is gone."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import signal
+import time
+
+READER_STOP_SECONDS = 10
+
+
+def release_pipe(fifo: str, path_fd: int) -> None:
+    """Make sure nobody waits on the pipe after this process, and nobody reads an end of file
+    from it: through the O_PATH descriptor taken at start, open its write end (a reader blocked
+    in open() gets through), stop every reader, then close and remove the name (a later open
+    fails at once)."""
+    writer = None
+    with contextlib.suppress(OSError):
+        writer = os.open(f"/proc/self/fd/{path_fd}", os.O_WRONLY | os.O_NONBLOCK)
+    if writer is not None:
+        stop_readers(fifo, os.fstat(path_fd))
+        os.close(writer)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(fifo)
+
+
+def wait_for_reader(fifo: str, give_up) -> int | None:
+    """Open the named pipe for writing once a reader has opened it; None when `give_up()` says
+    so (the owner is gone, the dump failed). Polled: a blocking open could notice neither."""
+    pause = 0.005
+    while True:
+        try:
+            fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError as error:
+            if error.errno != errno.ENXIO:  # ENXIO: nobody reads yet
+                raise
+        else:
+            fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
+            return fd
+        if give_up():
+            return None
+        time.sleep(pause)
+        pause = min(pause * 2, 0.1)
+
+
+def readers(fifo: str, wanted=None) -> list[int]:
+    """The processes holding the named pipe open, found through /proc/PID/fd."""
+    try:
+        wanted = wanted or os.stat(fifo)
+    except OSError:
+        return []
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        with contextlib.suppress(OSError):
+            for fd in os.scandir(f"/proc/{entry.name}/fd"):
+                with contextlib.suppress(OSError):
+                    st = os.stat(fd.path)
+                    if (st.st_dev, st.st_ino) == (wanted.st_dev, wanted.st_ino):
+                        found.append(int(entry.name))
+                        break
+    return found
+
+
+def stop_readers(fifo: str, wanted=None) -> list[int]:
+    """SIGTERM every reader of the pipe (borg ends its create without an archive); SIGKILL
+    those still there after READER_STOP_SECONDS. `wanted`: the pipe's stat when its name is gone."""
+    pids = readers(fifo, wanted)
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + READER_STOP_SECONDS
+    while time.monotonic() < deadline and any(pid in readers(fifo, wanted) for pid in pids):
+        time.sleep(0.05)
+    for pid in readers(fifo, wanted):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    return pids
+
+
+def write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
