@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from emg_borg.core.dump_buffer import CHUNK, SOFT_LIMIT
+from emg_borg.core.dump_buffer import HELD_BOUND
 
 from conftest import TEST_MARK, Emg, borg, borg_cat, borg_list, leftovers, marked_processes, run
 from test_faults import fake_bin
@@ -44,8 +44,8 @@ def processes_of_this_test() -> list[str]:
 
 def test_a_streamed_dump_reaches_the_archive_whole_and_never_lies_on_disk(emg, mariadb, tmp_path, monkeypatch):
     """A borg wrapper first on PATH sees, as `borg create` starts, what the staging area holds:
-    the dump is a named pipe, and the disk holds at most the buffer's bound (SOFT_LIMIT plus one
-    read) of it, however large the dump; the manifest records the most the buffer held."""
+    the dump is a named pipe, and the disk holds at most the buffer's bound (HELD_BOUND) of it,
+    however large the dump; the manifest records the most the buffer held."""
     filler(mariadb, emg.database)
     seen = tmp_path / "seen-by-borg"
     dump = emg.runtime / "staging" / "emg-borg" / "dumps" / "mysql" / f"{emg.database}.sql"
@@ -70,7 +70,7 @@ exec {REAL_BORG} "$@"
     assert len(data) == entry["bytes"] > 4 * 2**20
     assert hashlib.sha256(data).hexdigest() == entry["sha256"]
     assert data.rstrip().endswith(b"-- Dump completed")
-    bound = SOFT_LIMIT + CHUNK
+    bound = HELD_BOUND
     assert int(on_disk) < bound + 256 * 1024 < entry["bytes"] / 3, (on_disk, entry["bytes"])
     assert 0 < entry["buffer_peak_bytes"] <= bound
 

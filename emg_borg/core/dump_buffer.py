@@ -8,7 +8,7 @@ borg from that file. While borg reads steadily the drain keeps at most `SOFT_LIM
 it (the producer waits a moment, as it would on a pipe), and the bytes borg has read are punched
 out of the file: the dump never lies on disk whole. When borg has not come yet or has stalled for
 `SPILL_AFTER` seconds, the drain goes on regardless: the disk holds what borg has not read yet,
-and only while it lags. While borg keeps up, the buffer holds at most SOFT_LIMIT + CHUNK bytes. With `keep` (borgmatic's `retries`: a retried `borg create` reads the dump
+and only while it lags. While borg keeps up, the buffer holds at most HELD_BOUND bytes. With `keep` (borgmatic's `retries`: a retried `borg create` reads the dump
 again) nothing is punched, and each reader gets the whole dump.
 """
 
@@ -28,6 +28,10 @@ SOFT_LIMIT = CHUNK  # how far the drain runs ahead of the reader before it waits
 # the server's net_write_timeout (60 s by default), long enough for borg to start normally.
 SPILL_AFTER = 5.0
 TAIL = 512  # bytes kept of the end, for the completion line
+PUNCH_UNIT = 64 * 1024  # what borg has read is given back in these steps
+# The most the buffer holds on disk while borg keeps up: the lead it may take, one read, and
+# what is not yet given back.
+HELD_BOUND = SOFT_LIMIT + CHUNK + PUNCH_UNIT
 
 _FALLOC_FL_KEEP_SIZE, _FALLOC_FL_PUNCH_HOLE = 0x01, 0x02
 _libc = None
@@ -147,7 +151,7 @@ class DumpBuffer:
             self.served += length
             self.progress_at = time.monotonic()
             self.condition.notify_all()
-            upto = self.served - self.served % CHUNK
+            upto = self.served - self.served % PUNCH_UNIT
         if not self.keep and self.punch_works and upto > self.punched:
             self.punch_works = punch_hole(self.fd, self.punched, upto - self.punched)
             self.punched = upto

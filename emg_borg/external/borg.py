@@ -55,9 +55,11 @@ def list_archives(repository: str, env=None, glob: str | None = None) -> list[di
     return list_repository(repository, env, glob)["archives"]
 
 
-def list_items(repository: str, archive: str, patterns_from, env=None) -> list[dict]:
-    """The items of an archive that a patterns file selects, as `borg list --json-lines` gives them."""
-    argv = (BORG, "list", "--json-lines", "--patterns-from", str(patterns_from), f"{repository}::{archive}")
+def list_items(repository: str, archive: str, patterns_from=None, env=None, paths=()) -> list[dict]:
+    """The items of an archive that a patterns file (or `paths`) selects, as `borg list
+    --json-lines` gives them."""
+    patterns = ("--patterns-from", str(patterns_from)) if patterns_from else ()
+    argv = (BORG, "list", "--json-lines", *patterns, f"{repository}::{archive}", *paths)
     result = run(argv, check=False, env=env)
     if result.returncode != 0:
         raise _error(f"borg list {archive}", result)

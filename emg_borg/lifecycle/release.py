@@ -16,7 +16,7 @@ from emg_borg.core.run import BackupRun
 from emg_borg.core.runtime import Ledger, RunLock, RuntimeDir, run_owner_pid
 from emg_borg.core.signals import signals_deferred
 from emg_borg.errors import EmgBorgError
-from emg_borg.lifecycle import archives, outcome, providers
+from emg_borg.lifecycle import archive_check, archives, outcome, providers
 
 logger = logging.getLogger(__name__)
 
@@ -99,8 +99,11 @@ def release_backup(config, manager, *, force=False, repository=None, dry_run=Fal
     # What the streamers recorded, before the release removes it: a dump that did not reach borg
     # whole. After a failed borg (on-error) a stream it never reached says nothing new.
     run.failures.extend(stream.problems(run.runtime, unread=command == outcome.AFTER_BACKUP))
+    handed_to_borg = archive_check.expected_manifest(run) if command == outcome.AFTER_BACKUP else None
     with outcome.reported(run, command):
         release_and_unlock(run, lock)
+        if not run.failures:
+            run.failures.extend(archive_check.check(run, handed_to_borg))
         if run.failures:
             raise EmgBorgError("; ".join(run.failures))
     return "released"

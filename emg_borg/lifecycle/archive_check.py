@@ -1,0 +1,88 @@
+"""After `borg create`: the run's archive holds its dumps and its manifest whole.
+
+The streamers count what they hand borg, but only the archive shows what borg stored: a process
+that read part of a named pipe, a borg stopped and retried midway, a pipe excluded by a pattern.
+So after-backup looks, in every repository of the run, for the archive whose manifest carries
+the run's id, and compares the sizes of its emg-borg members (one member listing per repository)
+with what the manifest states: a short dump fails the run whatever caused it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from emg_borg.core import stream
+from emg_borg.core.manifest import ARCHIVE_PATH, DUMPS_DIR, Manifest
+from emg_borg.core.run import BackupRun
+from emg_borg.errors import EmgBorgError
+from emg_borg.external import borg
+from emg_borg.lifecycle.archives import archive_of_run
+from emg_borg.lifecycle.repository import borgmatic_repositories, resolve_repository
+
+logger = logging.getLogger(__name__)
+
+
+def expected_manifest(run: BackupRun) -> bytes | None:
+    """The manifest this run handed borg (served through its pipe, or staged), read before the
+    release removes it; None when the run made none."""
+    served = stream.streams_dir(run.runtime) / stream.FINAL_MANIFEST
+    staged = run.runtime.staging / ARCHIVE_PATH
+    for path in (served, staged):
+        try:
+            if path.is_file():
+                return path.read_bytes()
+        except OSError:
+            continue
+    return None
+
+
+def _repositories(run: BackupRun) -> list:
+    if run.borgmatic_config and not run.repository:
+        return borgmatic_repositories(run.borgmatic_config)
+    return [resolve_repository(run.repository, run.borgmatic_config)]
+
+
+def check(run: BackupRun, manifest_bytes: bytes | None) -> list[str]:
+    """Why the run's archive cannot be trusted, in each repository of the run; [] when every
+    archive holds the manifest and each dump at the size the manifest states."""
+    if manifest_bytes is None:
+        return []
+    if not run.repository and not run.borgmatic_config:
+        logger.warning("the archive's dump was not checked: after-backup names no repository (pass "
+                       "--borgmatic-config {configuration_filename})")
+        return []
+    manifest = Manifest(json.loads(manifest_bytes))
+    run_id = manifest.get("run_id")
+    wanted = {ARCHIVE_PATH: len(manifest_bytes)}
+    failures = []
+    try:
+        repositories = _repositories(run)
+    except EmgBorgError as error:
+        return [f"cannot check the archive of emg-borg run {run_id}: {error}"]
+    for repository in repositories:
+        try:
+            archive = archive_of_run(repository, run_id)
+            if archive is None:
+                failures.append(f"no archive of emg-borg run {run_id} in {repository}: borg did not store the run's "
+                                f"manifest")
+                continue
+            wanted.update({dump.path: dump.bytes for dump in archive.manifest.dumps})
+            items = borg.list_items(repository.location, archive.name, paths=("emg-borg",), env=repository.env)
+        except EmgBorgError as error:
+            failures.append(f"cannot check the archive of emg-borg run {run_id} in {repository}: {error}")
+            continue
+        sizes = {item["path"]: item.get("size") for item in items if item.get("type") == "-"}
+        for path, size in wanted.items():
+            if sizes.get(path) != size:
+                held = f"{sizes[path]} bytes" if path in sizes else "nothing"
+                failures.append(f"DO NOT TRUST archive {repository}::{archive.name}: its {path} holds {held}, the "
+                                f"manifest states {size} bytes")
+        extra = sorted(p for p in sizes if p.startswith(f"{DUMPS_DIR}/") and p not in wanted)
+        if extra:
+            failures.append(f"DO NOT TRUST archive {repository}::{archive.name}: it holds dumps the manifest does not "
+                            f"name ({', '.join(extra)})")
+        if not failures:
+            logger.info("archive %s::%s holds the manifest and %d dump(s) whole", repository, archive.name,
+                        len(archive.manifest.dumps))
+    return failures
