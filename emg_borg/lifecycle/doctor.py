@@ -55,7 +55,7 @@ def doctor(config_path, manager, borgmatic_config=None) -> list[Check]:
         checks.append(Check("borgmatic", WARN, "its configuration was not checked (pass --borgmatic-config FILE)"))
     streams = any(check.name == "dumps" and check.status == OK and check.detail.startswith("stream into borg")
                   for check in checks)
-    checks.append(free_space_check(run, None if streams else last_dump, streams))
+    checks.append(free_space_check(run, last_dump, streams))
     return checks
 
 
@@ -107,11 +107,13 @@ def runtime_dir_checks(run) -> list[Check]:
 
 def free_space_check(run, last_dump: int | None, streams: bool = False) -> Check:
     """A staged dump lies in the staging area until borg has read it: room for about twice the
-    last dump (it grows), and never less than MIN_FREE. A streamed dump needs none."""
+    last dump (it grows), and never less than MIN_FREE. A streamed dump needs room for what borg
+    has not read yet: at worst (a late borg, borgmatic's retries) the whole last dump."""
     where = _existing(run.runtime.root)
     free = shutil.disk_usage(where).free
-    need = max(MIN_FREE, 2 * (last_dump or 0))
-    basis = ("the dump streams into borg, none of it is staged" if streams else
+    need = max(MIN_FREE, (1 if streams else 2) * (last_dump or 0))
+    basis = ("the dump streams into borg, buffered on disk only while borg lags behind it: all of it when borg "
+             "starts late or borgmatic retries" if streams else
              f"the last dump was {human_size(last_dump)}" if last_dump else "the last dump's size is unknown")
     lvm = "; LVM: the volume group's free space for the snapshot is not checked" if run.provider == "lvm" else ""
     status = WARN if free < need else OK

@@ -44,6 +44,7 @@ def checks(path, run, config_path) -> tuple[list[Check], int | None]:
     found = [patterns_check(path, sections, run.runtime.patterns)]
     found += hook_checks(path, data, sections, Path(config_path))
     found.append(transfer_check(path, run, data, sections))
+    found.append(overlap_check(path, run))
     repository, last_dump = repository_check(path)
     return found + [repository], last_dump
 
@@ -64,7 +65,22 @@ def transfer_check(path, run, data, sections) -> Check:
         return Check("dumps", FAIL, f'[backup] stream_dumps = "always", but {obstacles[0]}')
     if obstacles:
         return Check("dumps", WARN, f"staged as files under runtime_dir, not streamed: {obstacles[0]}")
-    return Check("dumps", OK, "stream into borg through a named pipe (read_special, one repository)")
+    detail = "stream into borg through a named pipe (read_special, one repository)"
+    if count := transfer.retries(path):
+        detail += (f"; retries: {count}, so the whole dump stays on disk until the run ends and a retried borg "
+                   f"create reads it again")
+    return Check("dumps", OK, detail)
+
+
+def overlap_check(path, run) -> Check:
+    """borgmatic's own roots must not cover runtime_dir (before-backup refuses them too)."""
+    try:
+        overlaps = transfer.overlaps(run.runtime.root, path, run.runtime.patterns)
+    except UsageError as error:
+        return Check("borgmatic roots", FAIL, str(error))
+    if overlaps:
+        return Check("borgmatic roots", FAIL, overlaps[0])
+    return Check("borgmatic roots", OK, f"none covers runtime_dir {run.runtime.root}")
 
 
 def patterns_check(path, sections, patterns: Path) -> Check:
