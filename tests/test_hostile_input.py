@@ -14,7 +14,7 @@ from conftest import run_emg_borg
 from emg_borg import config
 from emg_borg.emg import layout, servercfg
 from emg_borg.emg.message_ids import parse_message_id
-from emg_borg.errors import ConfigError, EmgBorgError
+from emg_borg.errors import LINE_LIMIT, VALUE_LIMIT, ConfigError, EmgBorgError, describe, shortened
 from emg_borg.lifecycle import session
 
 SCHEMA = session.schema(session.plugin_manager())
@@ -141,3 +141,130 @@ def test_a_seqno_command_printing_garbage_fails_the_backup_and_leaves_nothing(tm
     assert result.returncode == 1
     assert "emg-borg: error: [seqno] command (echo) printed 18446744073709551616, beyond the largest" in result.stderr
     assert leftovers(emg) == []
+
+
+# Errors stay one short line, whatever value reached them.
+NAME_TOO_LONG = "/x/" + "a" * (layout.NAME_MAX + 1) + "/b"
+PATH_TOO_LONG = "/x/" + "a" * (5 * 2**20)
+
+
+def _one_short_line(stderr: str) -> str:
+    lines = stderr.splitlines()
+    assert len(lines) == 1 and len(lines[0]) < LINE_LIMIT, stderr[:2000]
+    return lines[0]
+
+
+@pytest.mark.parametrize("key, value, shown", [
+    ("ROUTING", PATH_TOO_LONG, "the path is too long for the file system: '/x/aaa"),
+    ("ROUTING", NAME_TOO_LONG, f"a name of {layout.NAME_MAX + 1} bytes where at most {layout.NAME_MAX} are allowed"),
+    ("SPOOLDIR", PATH_TOO_LONG, "the path is too long for the file system: '/x/aaa"),
+])
+def test_a_server_cfg_path_too_long_for_the_file_system_is_one_line_naming_key_and_line(tmp_path, key, value, shown):
+    from conftest import Emg, leftovers
+
+    emg = Emg(tmp_path, None, extra_config="[mysql]\nenabled = false\n")
+    cfg = emg.tree.server_cfg
+    good = cfg.read_text()
+    line = len(good.splitlines()) + 1
+    cfg.write_text(f"{good}{key}={value}\n")
+    expected = f"{cfg}:{line}: {key}: "
+    for command, code in ((["before-backup"], 2), (["before-backup", "--dry-run"], 2), (["discover"], 2)):
+        result = emg.emg_borg(*command, check=False)
+        assert result.returncode == code, result.stderr[:2000]
+        error = _one_short_line(result.stderr)
+        assert error.startswith(f"emg-borg: error: {expected}") and shown in error, error
+        assert "characters)…" in error
+    doctor = emg.emg_borg("doctor", check=False)
+    assert doctor.returncode == 1 and len(doctor.stdout) < 20 * LINE_LIMIT
+    [fail] = [row for row in doctor.stdout.splitlines() if row.startswith("FAIL")]
+    assert fail.startswith("FAIL server.cfg") and expected in fail and shown in fail and len(fail) < LINE_LIMIT
+    assert leftovers(emg) == [] and cfg.read_text().startswith(good)
+
+    cfg.write_text(good)
+    emg.emg_borg("before-backup")
+    emg.emg_borg("after-backup")
+    assert leftovers(emg) == []
+
+
+@pytest.mark.parametrize("text, words", [
+    ("NODEID={huge}\n", "NODEID must be an integer, got 'xxx"),
+    ("DBPROFILE={huge}\n", "DBPROFILE=xxx"),
+    ("DBPROFILE=emg\nDB emg <\nPORT={huge}\n>\n", "PORT must be a number, got 'xxx"),
+])
+def test_a_huge_value_in_an_error_about_it_is_shortened(tmp_path, text, words):
+    with pytest.raises(ConfigError, match=words) as error:
+        layout.discover(cfg_tree(tmp_path, text.format(huge="x" * 5 * 2**20)))
+    assert f"…({5 * 2**20:,} characters)…" in str(error.value) and len(str(error.value)) < LINE_LIMIT
+
+
+def test_a_long_text_in_an_unknown_key_is_no_file_and_no_error(tmp_path):
+    found = layout.discover(cfg_tree(tmp_path, f"PLUGIN_OPTION={PATH_TOO_LONG}\nOTHER={NAME_TOO_LONG}\n"))
+    assert found.references == []
+
+
+def test_an_os_error_with_a_huge_file_name_is_one_short_line(tmp_path):
+    emgdir = "/tmp/" + "d" * 10_000  # [emg] emgdir: every system call on it fails with ENAMETOOLONG
+    path = tmp_path / "c.toml"
+    path.write_text(f'[emg]\nemgdir = "{emgdir}"\n[snapshot]\nprovider = "none"\n[mysql]\nenabled = false\n')
+    result = run_emg_borg("-c", str(path), "before-backup", check=False)
+    assert result.returncode == 1
+    error = _one_short_line(result.stderr)
+    assert error.startswith("emg-borg: error: unexpected OSError: [Errno 36] File name too long: '/tmp/ddd"), error
+    assert f"…({len(emgdir):,} characters)…{'d' * 20}" in error, error
+    assert error.endswith("ddd' (run with -v for a traceback)"), error
+    traceback = run_emg_borg("-v", "-c", str(path), "before-backup", check=False).stderr
+    assert "Traceback" in traceback and max(map(len, traceback.splitlines())) <= LINE_LIMIT
+
+
+def test_a_huge_config_path_is_one_short_line(tmp_path):
+    config_path = str(tmp_path / ("c" * 10_000))
+    result = run_emg_borg("-c", config_path, "before-backup", check=False)
+    assert result.returncode == 2
+    error = _one_short_line(result.stderr)
+    assert error.startswith(f"emg-borg: error: {tmp_path}/ccc") and "characters)…" in error, error
+    assert error.endswith("ccc: cannot read configuration: File name too long"), error
+    doctor = run_emg_borg("-c", config_path, "doctor", "--borgmatic-config", "/x/" + "b" * 10_000, check=False)
+    assert doctor.returncode == 1 and max(map(len, doctor.stdout.splitlines())) <= LINE_LIMIT
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.one_of(st.text(max_size=3000), st.integers(0, 6 * 2**20).map(lambda n: "/x/" + "a" * n + "/end")),
+       st.integers(min_value=40, max_value=LINE_LIMIT))
+def test_shortened_is_bounded_keeps_head_and_tail_and_leaves_short_text_alone(text, limit):
+    short = shortened(text, limit)
+    assert len(short) <= limit
+    if len(text) <= limit:
+        assert short == text
+        return
+    marker = f"…({len(text):,} characters)…"
+    head, tail = short[:short.index(marker)], short[short.index(marker) + len(marker):]
+    assert head and tail and text.startswith(head) and text.endswith(tail)
+    assert len(short) == limit  # as much of the value as fits
+    assert shortened(short, limit) == short
+
+
+def test_describe_shortens_both_file_names_of_an_os_error():
+    error = OSError(18, "Invalid cross-device link", "/a/" + "x" * 10_000, None, "/b/" + "y" * 10_000)
+    text = describe(error)
+    assert text.startswith("[Errno 18] Invalid cross-device link: '/a/xxx") and "' -> '/b/yyy" in text
+    assert text.endswith("yyy'") and len(text) < 2 * VALUE_LIMIT + 60
+    huge = describe(ValueError("x" * 10**6))
+    assert huge.count("characters)") == 1 and len(huge) == LINE_LIMIT
+
+
+def test_an_error_and_its_further_lines_are_each_cut_to_the_line_limit(monkeypatch, capsys):
+    from emg_borg import cli
+
+    def failing(args, manager):
+        error = EmgBorgError("could not do it: " + "m" * 10**6)
+        error.further = ["could not release: " + "f" * 10**6, "and a short one"]
+        raise error
+
+    monkeypatch.setitem(cli.COMMANDS, "discover", failing)
+    assert cli.main(["discover"]) == 1
+    lines = capsys.readouterr().err.splitlines()
+    first, further, short = lines
+    assert first.startswith("emg-borg: error: could not do it: mmm") and first.endswith("mmm")
+    assert further.startswith("emg-borg: error: could not release: fff") and short == "emg-borg: error: and a short one"
+    assert f"…({len('emg-borg: error: could not do it: ') + 10**6:,} characters)…" in first
+    assert all(len(line) <= LINE_LIMIT for line in lines)

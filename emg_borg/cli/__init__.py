@@ -2,7 +2,8 @@
 
 Every command logs human-readable lines on stderr (borgmatic shows them), prints machine output
 (`--json`) on stdout, and exits 0 (ok), 1 (failure; everything started was released) or 2 (bad
-usage or configuration; nothing was changed).
+usage or configuration; nothing was changed). No line it logs is longer than `LINE_LIMIT`
+characters: a longer one keeps its head and tail around its length.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import sys
 from emg_borg.cli.commands import COMMANDS
 from emg_borg.cli.parser import ArgumentError, build_parser
 from emg_borg.core.progress import PROGRESS
-from emg_borg.errors import EXIT_FAILURE, EXIT_USAGE, ConfigError, EmgBorgError
+from emg_borg.errors import EXIT_FAILURE, EXIT_USAGE, LINE_LIMIT, ConfigError, EmgBorgError, describe, shortened
 from emg_borg.lifecycle.session import plugin_manager
 
 logger = logging.getLogger("emg_borg")
@@ -29,7 +30,9 @@ class _Formatter(logging.Formatter):
         text = prefix + record.getMessage()
         if record.exc_info:
             text += "\n" + self.formatException(record.exc_info)
-        return text
+        # Here every error, warning and traceback becomes lines: one bound for them all, whatever
+        # value a message or an exception carried.
+        return "\n".join(shortened(line, LINE_LIMIT) for line in text.split("\n"))
 
 
 def setup_logging(verbosity: int) -> None:
@@ -69,7 +72,7 @@ def main(argv=None) -> int:
         return EXIT_FAILURE
     except Exception as error:  # noqa: BLE001 - last resort: one line, traceback with -v
         logger.debug("traceback", exc_info=True)
-        logger.error("unexpected %s: %s (run with -v for a traceback)", type(error).__name__, error)
+        logger.error("unexpected %s: %s (run with -v for a traceback)", type(error).__name__, describe(error))
         _further(error)
         return EXIT_FAILURE
 

@@ -8,7 +8,7 @@ import logging
 import os
 import sys
 
-from emg_borg.errors import EXIT_FAILURE, EXIT_OK, EmgBorgError
+from emg_borg.errors import EXIT_FAILURE, EXIT_OK, LINE_LIMIT, EmgBorgError, shortened
 
 logger = logging.getLogger("emg_borg")
 
@@ -104,10 +104,11 @@ def check_installation(args, manager) -> int:
     from emg_borg.lifecycle import doctor
     checks = doctor.doctor(args.config, manager, args.borgmatic_config)
     if args.json:
-        print_json({"ok": not doctor.failed(checks), "checks": [check.to_dict() for check in checks]})
+        print_json({"ok": not doctor.failed(checks),
+                    "checks": [{**check.to_dict(), "detail": shortened(check.detail, LINE_LIMIT)} for check in checks]})
     else:
-        for check in checks:
-            print(f"{check.status:<4} {check.name:<13} {check.detail}")
+        for check in checks:  # a FAIL line quotes an error: as short as the error lines on stderr
+            print(shortened(f"{check.status:<4} {check.name:<13} {check.detail}", LINE_LIMIT))
     return EXIT_FAILURE if doctor.failed(checks) else EXIT_OK
 
 
@@ -211,7 +212,7 @@ def verify_archive(args, manager) -> int:
         print_json(verdict.to_dict())
         (logger.info if verdict.ok else logger.error)("%s", verdict.line())
     else:
-        print(verdict.line())
+        print(verdict.line() if verdict.ok else shortened(verdict.line(), LINE_LIMIT))  # a failure: an error line
     return EXIT_OK if verdict.ok else EXIT_FAILURE
 
 

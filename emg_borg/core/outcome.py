@@ -19,7 +19,7 @@ class RunOutcome:
     succeeded: bool
     finished: float  # seconds since the epoch
     started: float | None = None  # when before-backup began, if this process knows
-    error: str | None = None  # the error that ended the run, if this process saw one
+    error: str | None = None  # the error that ended the run (one line, errors.describe), if this process saw one
     manifest: dict | None = None  # the manifest the run staged, if it got that far and is still there
 
     @property

@@ -11,13 +11,14 @@ A path belongs to the category of the longest root that contains it, so the spoo
 from __future__ import annotations
 
 import dataclasses
+import errno
 import logging
 import os
 from pathlib import Path
 
 from emg_borg.emg import servercfg
 from emg_borg.emg.categories import innermost_category, within
-from emg_borg.errors import ConfigError
+from emg_borg.errors import ConfigError, quoted, shortened
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +33,9 @@ FILE_KEYWORDS = {
 # Keywords naming directories handled on their own, never treated as referenced files.
 DIRECTORY_KEYWORDS = {"SPOOLDIR", "LOGDIR", "EMGLOGDIR"}
 KNOWN_CONFIG_FILES = ("server.cfg", "client.cfg", "license", "users", "routing")
+# Linux's limits.h: a path of PATH_MAX bytes or more (its NUL counts), or a name of more than
+# NAME_MAX bytes, fails every system call with ENAMETOOLONG.
+PATH_MAX, NAME_MAX = 4096, 255
 # `emg-borg restore` moves an existing spool aside under a name with this mark; backups skip it.
 MOVED_ASIDE_MARK = ".emg-borg-before-restore-"
 
@@ -138,14 +142,15 @@ def discover(emg: dict, environ=os.environ) -> Layout:
     if emg.get("spooldir"):
         spooldir, spool_why = _resolve(emg["spooldir"], emgdir), "[emg] spooldir"
     elif spool_entry and spool_entry.value:
-        spooldir, spool_why = _resolve(spool_entry.value, emgdir), f"SPOOLDIR on line {spool_entry.line}"
+        spooldir, spool_why = _path_of(spool_entry, emgdir, cfg_path), f"SPOOLDIR on line {spool_entry.line}"
     else:
         spooldir, spool_why = emgdir / "spool", "default EMGDIR/spool"
 
     if _real(spooldir) == Path("/") or within(_real(emgdir), _real(spooldir)):
         where = spool_entry.line if spool_why.startswith("SPOOLDIR") else None
-        raise ConfigError(f"SPOOLDIR {spooldir} resolves to {_real(spooldir)}, which holds EMGDIR or is /: refusing to "
-                          f"treat it as the spool", cfg_path if where else None, where)
+        raise ConfigError(f"SPOOLDIR {shortened(str(spooldir))} resolves to {shortened(str(_real(spooldir)))}, which "
+                          f"holds EMGDIR or is /: refusing to treat it as the spool",
+                          cfg_path if where else None, where)
     logdir, log_why = _find_logdir(emg, emgdir, environ)
     bindir = None
     if emg.get("bindir"):
@@ -179,12 +184,11 @@ def discover(emg: dict, environ=os.environ) -> Layout:
     for ref in references:
         real = _real(ref.path)
         if real == Path("/") or within(_real(emgdir), real):
-            raise ConfigError(f"{ref.keyword}={ref.value} resolves to {real}, which holds EMGDIR or is /: a file "
-                              f"server.cfg refers to cannot be that", cfg_path, ref.line)
+            raise ConfigError(f"{ref.keyword}={shortened(ref.value)} resolves to {shortened(str(real))}, which holds "
+                              f"EMGDIR or is /: a file server.cfg refers to cannot be that", cfg_path, ref.line)
         if not ref.exists:
-            logger.warning(
-                "%s:%d: %s=%s names %s, which does not exist", cfg_path, ref.line, ref.keyword, ref.value, ref.path
-            )
+            logger.warning("%s:%d: %s=%s names %s, which does not exist", cfg_path, ref.line, ref.keyword,
+                           shortened(ref.value), shortened(str(ref.path)))
             continue
         # A referenced file gets a root of its own wherever the enclosing root is of another
         # category (a plugin's CONFIG=bin/plugin.cfg is configuration, not an executable).
@@ -205,7 +209,7 @@ def discover(emg: dict, environ=os.environ) -> Layout:
         try:
             node_id = int(node_entry.value or "")
         except ValueError:
-            raise ConfigError(f"NODEID must be an integer, got {node_entry.value!r}", cfg_path, node_entry.line)
+            raise ConfigError(f"NODEID must be an integer, got {quoted(node_entry.value)}", cfg_path, node_entry.line)
     return Layout(
         emgdir=emgdir, server_cfg=cfg_path, spooldir=spooldir, logdir=logdir, bindir=bindir,
         roots=roots, references=references, known_files=known, db=db_profile(cfg), node_id=node_id,
@@ -238,15 +242,64 @@ def _references(cfg: servercfg.ServerCfg, emgdir: Path):
         category = FILE_KEYWORDS.get(entry.key)
         value = entry.value
         if category is None:
-            # Unknown keyword: only an absolute path to an existing file counts.
-            if not value.startswith("/") or not Path(value).is_file():
+            # Unknown keyword: only an absolute path to an existing file counts (a long text is none).
+            if not value.startswith("/") or not _is_file(Path(value)):
                 continue
             category = "config"
-        path = _resolve(value, emgdir)
+        path = _path_of(entry, emgdir, cfg.path)
         yield Reference(
-            entry.key, value, path, entry.line,
-            f"{block.kind} {block.label}".strip() if block else "", category, path.exists(),
+            entry.key, value, path, entry.line, f"{block.kind} {block.label}".strip() if block else "", category,
+            _exists(path, entry, cfg.path),
         )
+
+
+def too_long(path: Path) -> str | None:
+    """Why no Linux file system takes `path` (PATH_MAX, NAME_MAX), or None. Checked before any
+    system call, so a 5 MB value is refused in one line naming it, not by ENAMETOOLONG."""
+    encoded = os.fsencode(path)
+    longest = max(encoded.split(b"/"), key=len)
+    if len(encoded) >= PATH_MAX:
+        return _too_long_message(path)
+    if len(longest) > NAME_MAX:
+        return (f"the path is too long for the file system: a name of {len(longest):,} bytes where at most "
+                f"{NAME_MAX} are allowed ({quoted(os.fsdecode(longest))})")
+    return None
+
+
+def _too_long_message(path: Path) -> str:
+    return f"the path is too long for the file system: {quoted(str(path))}"
+
+
+def _path_of(entry: servercfg.Entry, emgdir: Path, cfg_path: Path) -> Path:
+    """The path a server.cfg setting names; refused in one line naming its key and line when no
+    file system takes it."""
+    path = _resolve(entry.value, emgdir)
+    problem = too_long(path)
+    if problem:
+        raise ConfigError(problem, cfg_path, entry.line, entry.key)
+    return path
+
+
+def _exists(path: Path, entry: servercfg.Entry, cfg_path: Path) -> bool:
+    """Path.exists; a file system with lower limits than Linux's (NAME_MAX 143 on eCryptfs)
+    refuses a path only here, and then in the same line as `too_long`."""
+    try:
+        return path.exists()
+    except OSError as error:
+        if error.errno != errno.ENAMETOOLONG:
+            raise
+        raise ConfigError(_too_long_message(path), cfg_path, entry.line, entry.key) from None
+
+
+def _is_file(path: Path) -> bool:
+    """Path.is_file for any text (an unknown keyword's value): a name too long for the file
+    system names no file."""
+    try:
+        return not too_long(path) and path.is_file()
+    except OSError as error:
+        if error.errno != errno.ENAMETOOLONG:
+            raise
+        return False
 
 
 def db_profile(cfg: servercfg.ServerCfg) -> DbProfile | None:
@@ -258,13 +311,14 @@ def db_profile(cfg: servercfg.ServerCfg) -> DbProfile | None:
         raise ConfigError("DBPROFILE needs a value naming a DB block", cfg.path, entry.line)
     block = cfg.block("DB", entry.value)
     if block is None:
-        raise ConfigError(f"DBPROFILE={entry.value} names no 'DB {entry.value} <' block", cfg.path, entry.line)
+        label = shortened(entry.value)
+        raise ConfigError(f"DBPROFILE={label} names no 'DB {label} <' block", cfg.path, entry.line)
     port = block.get("PORT")
     if port is not None:
         try:
             port = int(port)
         except ValueError:
-            raise ConfigError(f"PORT must be a number, got {port!r}", cfg.path, block.entry("PORT").line)
+            raise ConfigError(f"PORT must be a number, got {quoted(port)}", cfg.path, block.entry("PORT").line)
     return DbProfile(
         label=block.label, type=block.get("TYPE", "MYSQL") or "", host=block.get("HOST"), port=port,
         user=block.get("USERNAME"), password=block.get("PASSWORD"), database=block.get("DBNAME"),

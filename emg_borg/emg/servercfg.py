@@ -11,7 +11,7 @@ import dataclasses
 import re
 from pathlib import Path
 
-from emg_borg.errors import ConfigError
+from emg_borg.errors import ConfigError, quoted
 
 _BLOCK_START = re.compile(r"^([A-Za-z][A-Za-z0-9_]*)(?:\s+(\S+))?\s*<$")
 _SETTING = re.compile(r"^([A-Za-z][A-Za-z0-9_.\-]*)\s*=\s*(.*)$")
@@ -107,16 +107,12 @@ def parse(text: str, path: Path) -> ServerCfg:
         elif _FLAG.match(line):
             entry = Entry(line.upper(), None, number)
         else:
-            raise ConfigError(f"cannot parse {_shown(line)}: expected KEY=value, a flag, 'KIND label <' or '>'", path, number)
+            raise ConfigError(f"cannot parse {quoted(line, 60)}: expected KEY=value, a flag, 'KIND label <' or '>'",
+                              path, number)
         (current.entries if current is not None else general).append(entry)
     if current is not None:
         raise ConfigError(f"block {current.kind} {current.label} is never closed with '>'", path, current.line)
     return ServerCfg(Path(path), general, blocks)
-
-
-def _shown(text: str, limit: int = 60) -> str:
-    """A line quoted for an error message, cut short: a 5 MB line must not become a 5 MB message."""
-    return repr(text) if len(text) <= limit else repr(text[:limit]) + f"... ({len(text)} characters)"
 
 
 def read(path) -> ServerCfg:

@@ -19,6 +19,7 @@ from emg_borg.core import stream
 from emg_borg.core.manifest import ARCHIVE_PATH
 from emg_borg.core.outcome import AFTER_BACKUP, BEFORE_BACKUP, ON_ERROR, RunOutcome  # noqa: F401 - re-exported
 from emg_borg.core.run import BackupRun
+from emg_borg.errors import describe
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ def report(run: BackupRun, command: str, *, succeeded: bool, started: float | No
            manifest: dict | None = None, error: BaseException | None = None) -> None:
     """Call every plugin's `emg_borg_run_finished`, each on its own."""
     outcome = RunOutcome(command=command, succeeded=succeeded, finished=time.time(), started=started,
-                         error=(str(error) or type(error).__name__) if error is not None else None, manifest=manifest)
+                         error=describe(error) if error is not None else None, manifest=manifest)
     given = {"run": run, "outcome": outcome}
     for impl in reversed(run.hook.emg_borg_run_finished.get_hookimpls()):
         try:

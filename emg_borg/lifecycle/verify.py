@@ -19,7 +19,7 @@ from pathlib import Path
 from emg_borg.core.run import VerifyRun
 from emg_borg.core.signals import signals_raise
 from emg_borg.emg import servercfg
-from emg_borg.errors import EmgBorgError, UsageError
+from emg_borg.errors import EmgBorgError, UsageError, shortened
 from emg_borg.lifecycle import extract as extraction
 from emg_borg.lifecycle.archives import Selection, select
 from emg_borg.lifecycle.restore import archived_layout
@@ -112,7 +112,7 @@ def file_checks(root: Path, manifest) -> list[Check]:
         checks.append(Check("seqno", False, f"{manifest.get('seqno_path')} is missing"))
     else:
         ok = found == str(expected)
-        checks.append(Check("seqno", ok, f"{found}" + ("" if ok else f", the manifest says {expected}")))
+        checks.append(Check("seqno", ok, shortened(found) + ("" if ok else f", the manifest says {expected}")))
     return checks
 
 
