@@ -1,4 +1,5 @@
-"""borg 1.4: listing archives, reading one file of an archive, extracting with patterns.
+"""borg 1.4: listing archives, reading one file of an archive, extracting with patterns; the
+version of a borg.
 
 Errors become one line: borg's own last error line (e.g. "Repository ... does not exist.",
 "passphrase supplied in BORG_PASSPHRASE ... is incorrect"). Every wrapper takes an optional `env`
@@ -11,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import re
 import subprocess
 from collections.abc import Callable
 
@@ -38,6 +40,18 @@ def error_line(stderr: str, levels=("ERROR", "CRITICAL")) -> str:
         if isinstance(message, dict) and message.get("type") == "log_message" and message.get("levelname") in levels:
             errors.append(message.get("message", "").strip())
     return errors[-1] if errors else last_line(stderr)
+
+
+def version(command=(BORG,)) -> str:
+    """The version `command --version` states ("1.2.4", "1.4.0", "2.0.0b14"); `command` is the
+    borg executable, with any words borgmatic's `local_path` puts after it."""
+    result = run((*command, "--version"), check=False, timeout=30)
+    found = re.search(r"\b(\d+\.\d+(?:\.\d+)?\S*)", result.stdout)
+    if result.returncode != 0 or not found:
+        said = last_line(result.stderr) or last_line(result.stdout) or "no output"
+        raise CommandError(f"{describe((*command, '--version'))} failed (exit {result.returncode}): {said}",
+                           result.returncode, result.stderr)
+    return found.group(1)
 
 
 def list_repository(repository: str, env=None, glob: str | None = None) -> dict:

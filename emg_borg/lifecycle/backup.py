@@ -23,7 +23,7 @@ from emg_borg.core.signals import signals_raise
 from emg_borg.emg.categories import CATEGORIES
 from emg_borg.errors import EmgBorgError
 from emg_borg.external import execute
-from emg_borg.lifecycle import outcome, providers, transfer
+from emg_borg.lifecycle import borg_version, outcome, providers, transfer
 from emg_borg.lifecycle.release import release_and_unlock, release_resources
 
 logger = logging.getLogger(__name__)
@@ -61,7 +61,10 @@ def before_backup(config, manager, *, dry_run=False, repository=None, borgmatic_
     check_runtime_dir(run)
     provider = providers.resolve(run)
     run.provider = provider.name
-    problems = provider.preflight(run) + [p for found in run.hook.emg_borg_preflight(run=run) for p in found or ()]
+    # First: with a borg older than 1.4 (or none) nothing else matters: it would archive a wrong tree.
+    too_old, _ = borg_version.check(run.borgmatic_config)
+    problems = ([too_old] if too_old else []) + provider.preflight(run)
+    problems += [p for found in run.hook.emg_borg_preflight(run=run) for p in found or ()]
     if run.borgmatic_config:
         problems += transfer.overlaps(run.runtime.root, run.borgmatic_config, run.runtime.patterns)
     if "database" in run.categories:

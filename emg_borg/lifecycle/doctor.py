@@ -9,19 +9,17 @@ plugin's name. Nothing is created: no runtime directory, lock, snapshot or conne
 from __future__ import annotations
 
 import os
-import re
 import shutil
 from pathlib import Path
 
 from emg_borg.errors import CommandError, EmgBorgError
-from emg_borg.external import borg, findmnt
+from emg_borg.external import findmnt
 from emg_borg.external.execute import run as run_command
-from emg_borg.lifecycle import backup, doctor_borgmatic, providers, session
+from emg_borg.lifecycle import backup, borg_version, doctor_borgmatic, providers, session
 from emg_borg.lifecycle.checks import FAIL, OK, WARN, Check, warnings_as_checks
 from emg_borg.lifecycle.checks import failed  # noqa: F401 - for the command line
 from emg_borg.lifecycle.extract import human_size
 
-BORG_NEEDED = (1, 4)  # borg 1.4: the `/./` roots of the patterns file
 MIN_FREE = 100 * 2**20  # free space below which runtime_dir is too tight, whatever the dump's size
 
 
@@ -44,7 +42,7 @@ def doctor(config_path, manager, borgmatic_config=None) -> list[Check]:
                         + (f", database {db.database} (profile {db.label})" if db else ", no DBPROFILE")))
     checks += snapshot_checks(run)
     checks += runtime_dir_checks(run)
-    checks += tool_checks()
+    checks += tool_checks(borgmatic_config)
     checks += plugin_checks(run, manager)
     last_dump = None
     if borgmatic_config:
@@ -129,19 +127,13 @@ def _version(argv) -> str | None:
     return result.stdout.strip().splitlines()[0] if result.stdout.strip() else ""
 
 
-def tool_checks() -> list[Check]:
-    checks = []
-    found = _version((borg.BORG, "--version"))
-    if found is None:
-        checks.append(Check("borg", FAIL, f"{borg.BORG}: not found on PATH or not working (install borg 1.4; "
-                                          f"see README, Install)"))
-    else:
-        match = re.search(r"(\d+)\.(\d+)", found)
-        if not match or tuple(map(int, match.groups())) < BORG_NEEDED:
-            checks.append(Check("borg", FAIL, f"{found or 'borg'}: borg 1.4 or newer is needed (the /./ paths of the "
-                                              f"patterns file)"))
-        else:
-            checks.append(Check("borg", OK, f"{found} ({shutil.which(borg.BORG)})"))
+def tool_checks(borgmatic_config=None) -> list[Check]:
+    """The borg borgmatic runs (its `local_path`, else `borg` on PATH), and borgmatic."""
+    try:
+        problem, found = borg_version.check(borgmatic_config)
+    except EmgBorgError as error:  # an unreadable borgmatic configuration: its own check says so
+        problem, found = str(error), ""
+    checks = [Check("borg", FAIL, problem) if problem else Check("borg", OK, found)]
     found = _version(("borgmatic", "--version"))
     if found is None:
         checks.append(Check("borgmatic", WARN, "borgmatic: not found on PATH (needed unless a script runs the hooks)"))
