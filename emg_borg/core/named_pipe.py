@@ -13,16 +13,16 @@ import time
 READER_STOP_SECONDS = 10
 
 
-def release_pipe(fifo: str, path_fd: int) -> None:
-    """Make sure nobody waits on the pipe after this process, and nobody reads an end of file
-    from it: through the O_PATH descriptor taken at start, open its write end (a reader blocked
-    in open() gets through), stop every reader, then close and remove the name (a later open
-    fails at once)."""
+def release_pipe(fifo: str, path_fd: int, ours=None) -> None:
+    """Make sure nobody waits on the pipe after this process, and nobody of ours reads an end of
+    file from it: through the O_PATH descriptor taken at start, open its write end (a reader
+    blocked in open() gets through), stop the readers that `ours` names, then close and remove
+    the name (a later open fails at once)."""
     writer = None
     with contextlib.suppress(OSError):
         writer = os.open(f"/proc/self/fd/{path_fd}", os.O_WRONLY | os.O_NONBLOCK)
     if writer is not None:
-        stop_readers(fifo, os.fstat(path_fd))
+        stop_readers(fifo, os.fstat(path_fd), ours)
         os.close(writer)
     with contextlib.suppress(FileNotFoundError):
         os.unlink(fifo)
@@ -67,10 +67,12 @@ def readers(fifo: str, wanted=None) -> list[int]:
     return found
 
 
-def stop_readers(fifo: str, wanted=None) -> list[int]:
-    """SIGTERM every reader of the pipe (borg ends its create without an archive); SIGKILL
-    those still there after READER_STOP_SECONDS. `wanted`: the pipe's stat when its name is gone."""
-    pids = readers(fifo, wanted)
+def stop_readers(fifo: str, wanted=None, ours=None) -> list[int]:
+    """SIGTERM the readers of the pipe for which `ours(pid)` holds (all without it), so that
+    borg ends its create without an archive; SIGKILL those still there after
+    READER_STOP_SECONDS. Another process only loses its pipe. `wanted`: the pipe's stat when its
+    name is gone."""
+    pids = [pid for pid in readers(fifo, wanted) if ours is None or ours(pid)]
     for pid in pids:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
@@ -78,8 +80,9 @@ def stop_readers(fifo: str, wanted=None) -> list[int]:
     while time.monotonic() < deadline and any(pid in readers(fifo, wanted) for pid in pids):
         time.sleep(0.05)
     for pid in readers(fifo, wanted):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
+        if pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
     return pids
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from emg_borg.core.files import write_private
 from emg_borg.core.manifest import Dump
 from emg_borg.core.runtime import CORE, Ledger, RuntimeDir
-from emg_borg.core.proc import start_time
+from emg_borg.core.proc import comm, start_time
 from emg_borg.core.proc import state as process_state
 from emg_borg.core.named_pipe import stop_readers
 from emg_borg.core.streamer import read_status
@@ -208,7 +208,8 @@ def release(entry: dict) -> None:
     pgid = int(entry.get("pgid") or 0)
     if pgid and start_time(pgid) == entry.get("leader_started"):
         if entry.get("fifo"):
-            stop_readers(str(entry["fifo"]))  # a borg reading must not see the end of a cut-off dump
+            # A borg reading must not see the end of a cut-off dump; another reader only loses it.
+            stop_readers(str(entry["fifo"]), ours=lambda pid: comm(pid).startswith("borg"))
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pgid, signal.SIGKILL)
         deadline = time.monotonic() + 5

@@ -66,6 +66,10 @@ class Owner:
     def gone(self) -> bool:
         return proc.start_time(self.pid) != self.started or proc.state(self.pid) == "Z"
 
+    def ours(self, pid: int) -> bool:
+        """A reader to stop: the run's borg, or, once borgmatic is gone, a borg it left behind."""
+        return self.ancestor_of(pid) or (self.gone() and proc.comm(pid).startswith("borg"))
+
     def ancestor_of(self, pid: int) -> bool:
         while pid > 1:
             if pid == self.pid:
@@ -121,12 +125,12 @@ def last_line(path: str) -> str:
     return ""
 
 
-def fail(spec: dict, status: dict, error: str, fd: int | None) -> int:
+def fail(spec: dict, status: dict, error: str, fd: int | None, owner: Owner) -> int:
     """Record the failure, stop borg if it is reading (before it can see an end of file), close."""
     status.update(state="failed", error=error, ended=time.time())
     write_status(spec["status"], status)
     if fd is not None:
-        status["stopped_readers"] = stop_readers(spec["fifo"])
+        status["stopped_readers"] = stop_readers(spec["fifo"], ours=owner.ours)
         write_status(spec["status"], status)
         with contextlib.suppress(OSError):
             os.close(fd)
@@ -218,11 +222,11 @@ def stream_dump(spec: dict, owner: Owner) -> int:
             fd, previous = next_reader(spec["fifo"], owner.gone, previous)
             if fd is None:
                 if buffer.error is not None:
-                    return fail(spec, status, buffer.error, None)
+                    return fail(spec, status, buffer.error, None, owner)
                 if status["reads"]:
                     return 0
                 stop_producer(spec)
-                return fail(spec, status, f"borg never read {label}: the run ended first", None)
+                return fail(spec, status, f"borg never read {label}: the run ended first", None, owner)
             status.update(state="streaming", opened=time.time())
             write_status(spec["status"], status)
             try:
@@ -235,10 +239,10 @@ def stream_dump(spec: dict, owner: Owner) -> int:
                 if buffer.keep:
                     continue  # a retried borg create reads it again
                 stop_producer(spec)
-                return fail(spec, status, status["error"], None)
+                return fail(spec, status, status["error"], None, owner)
             except (Refused, RuntimeError) as error:
                 stop_producer(spec)
-                return fail(spec, status, str(error), fd)
+                return fail(spec, status, str(error), fd, owner)
             # The status first: borg, seeing the end of this file, goes on to the manifest, whose
             # server reads this status.
             status.update(state="complete", bytes=buffer.size, sha256=buffer.digest.hexdigest(), ended=time.time(),
@@ -283,12 +287,12 @@ def serve_manifest(spec: dict, owner: Owner) -> int:
         if fd is None:
             if status["reads"]:
                 return 0
-            return fail(spec, status, "borg never read the manifest: the run ended first", None)
+            return fail(spec, status, "borg never read the manifest: the run ended first", None, owner)
         try:
             check_readers(spec, owner, status["reads"] > 0)
             data = manifest_bytes(spec)
         except (Refused, RuntimeError) as error:
-            return fail(spec, status, str(error), fd)
+            return fail(spec, status, str(error), fd, owner)
         write_private(Path(spec["final"]), data)
         status.update(state="complete", bytes=len(data), ended=time.time(), reads=status["reads"] + 1)
         write_status(spec["status"], status)
@@ -313,15 +317,15 @@ def main(argv: list[str]) -> int:
         status = read_status(spec["status"])
         if spec["mode"] == "dump":
             stop_producer(spec)
-        fail(spec, status, f"{status.get('label', spec['mode'])}: {type(error).__name__}: {error}", None)
+        fail(spec, status, f"{status.get('label', spec['mode'])}: {type(error).__name__}: {error}", None, owner)
         # Before this process's end closes the pipe under a reading borg.
-        status["stopped_readers"] = stop_readers(spec["fifo"])
+        status["stopped_readers"] = stop_readers(spec["fifo"], ours=owner.ours)
         write_status(spec["status"], status)
     finally:
         # The run is over (its owner gone) or failed: no borg may wait on the pipe now. Until
         # then the pipe stays, also after a success: borg looks at the path again once it has
         # read it, and a retried borg create opens it again.
-        release_pipe(spec["fifo"], path_fd)
+        release_pipe(spec["fifo"], path_fd, owner.ours)
     return code
 
 
