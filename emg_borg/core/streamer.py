@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 from emg_borg.core.files import write_private
-from emg_borg.core.proc import start_time
+from emg_borg.core.proc import kill_group_if, start_time
 
 CHUNK = 1 << 20
 F_SETPIPE_SZ = 1031  # Linux: a larger pipe lets the producer run ahead of short stalls in borg
@@ -158,8 +158,7 @@ def fail(spec: dict, status: dict, error: str, fd: int | None) -> int:
 
 
 def stop_producer(spec: dict) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(spec["producer_pgid"], signal.SIGKILL)
+    kill_group_if(spec["producer_pgid"], spec.get("producer_started"), signal.SIGKILL)
 
 
 def exit_status(fd: int) -> int | None:
