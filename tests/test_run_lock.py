@@ -219,12 +219,14 @@ def test_of_two_racing_before_backups_exactly_one_runs_and_nothing_is_released_t
 
 
 def plant_run(emg, owner: dict, run_id: str) -> None:
-    """The lock and the ledger of a run owned by `owner`, its staging area holding a file."""
+    """The lock and the ledger of a run owned by `owner`, its staging area holding a file, and
+    what was left of a write cut short."""
     emg.runtime.mkdir(mode=0o700)
     (emg.runtime / "lock").write_text(json.dumps({**owner, "run_id": run_id, "started": "earlier"}))
     staging = emg.runtime / "staging"
     (staging / "emg-borg").mkdir(parents=True)
     (staging / "emg-borg" / "manifest.json").write_text("{}")
+    (emg.runtime / ".ledger.json.99999.emg-borg-tmp").write_text("{")  # its last write, cut short
     (emg.runtime / "ledger.json").write_text(json.dumps(
         {"meta": {"run_id": run_id, "started": "earlier"}, "entries": [{"owner": "core", "kind": "staging",
                                                                          "path": str(staging)}]}))

@@ -14,6 +14,8 @@ from pathlib import Path
 
 from emg_borg.errors import EmgBorgError
 
+TEMPORARY = ".emg-borg-tmp"  # how the temporary file of an atomic write ends
+
 
 def planted(path, link: bool) -> EmgBorgError:
     """The error for something else standing where emg-borg keeps one of its own files."""
@@ -76,7 +78,7 @@ def write_atomic(path: Path, data: str | bytes, mode: int = 0o644, owner: tuple[
     temporary file beside it (created exclusively, named per process), fsynced, renamed over
     it, and the directory fsynced."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.emg-borg-tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}{TEMPORARY}")
     fd = _create_exclusive(tmp, mode)
     try:
         with os.fdopen(fd, "wb") as f:

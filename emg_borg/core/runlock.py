@@ -18,7 +18,7 @@ import json
 import socket
 
 from emg_borg.core import proc
-from emg_borg.core.files import read_private, write_private
+from emg_borg.core.files import TEMPORARY, read_private, write_private
 from emg_borg.core.runtime import Ledger, RuntimeDir, now_iso
 from emg_borg.errors import LockedError
 
@@ -99,8 +99,11 @@ class RunLock:
         return OURS, info
 
     def give_up(self, owner_pid: int) -> None:
-        """Remove the lock, unless it names another live run."""
+        """Remove the lock, unless it names another live run, and what a crash left of a write
+        of the lock, the ledger or the patterns file (their temporary files)."""
         with self.runtime.guard():
             info = self.read()
             if info is not None and (self.names(info, owner_pid) or not self.live(info)):
+                for leftover in self.runtime.root.glob(f".*{TEMPORARY}"):
+                    leftover.unlink(missing_ok=True)
                 self.path.unlink()
