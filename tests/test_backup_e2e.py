@@ -12,6 +12,7 @@ import sys
 import pytest
 
 from conftest import borg_cat, borg_list, leftovers, run
+from emg_borg.core import proc
 from emg_borg.demo import sample
 
 pytestmark = pytest.mark.e2e
@@ -95,7 +96,7 @@ def test_second_concurrent_run_fails_clearly_and_keeps_first_run_intact(emg):
     try:
         ledger = json.loads((emg.runtime / "ledger.json").read_text())
         lock = json.loads((emg.runtime / "lock").read_text())
-        lock["pid"] = holder.pid
+        lock.update(proc.identity(holder.pid))  # the lock names the holder: pid, start time and boot
         (emg.runtime / "lock").write_text(json.dumps(lock))
         second = emg.emg_borg("before-backup", check=False)
         assert second.returncode == 1

@@ -104,7 +104,7 @@ def test_each_failing_step_leaves_nothing_and_the_next_backup_works(step, provid
     if step == "staging disk full":
         mariadb.sql("CREATE TABLE filler (b LONGBLOB); INSERT INTO filler VALUES (REPEAT('x', 400000))", emg.database)
         emg.runtime.mkdir(mode=0o700)
-        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(emg.runtime)], check=True)
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k,mode=0700", "tmpfs", str(emg.runtime)], check=True)
         cleanup.append(lambda: subprocess.run(["umount", str(emg.runtime)], check=True))
     try:
         result = emg.emg_borg("before-backup", check=False)

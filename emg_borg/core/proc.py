@@ -56,13 +56,44 @@ def cmdline(pid: int, proc="/proc") -> list[bytes]:
         return []
 
 
-def alive(pid: int) -> bool:
+def boot_id(proc="/proc") -> str | None:
+    """This boot's random id: a start time counts clock ticks since boot, so it names a process
+    only together with the boot."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        with open(os.path.join(proc, "sys/kernel/random/boot_id")) as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+def identity(pid: int) -> dict:
+    """What names one process for as long as it runs, also to another process and after the pid
+    is reused: its pid, its start time and the boot."""
+    return {"pid": pid, "pid_started": start_time(pid), "boot": boot_id()}
+
+
+def running(pid: int, started: str | None, boot: str | None = None) -> bool:
+    """Whether the process that `identity` described still runs: not ended, not a zombie (an
+    ended process nobody has reaped yet), not another process under a reused pid, not from an
+    earlier boot. Without `started` (a record from an older emg-borg) the pid alone decides."""
+    if pid <= 0 or (boot is not None and boot != boot_id()):
         return False
-    except PermissionError:
-        return True
+    fields = _stat_fields(pid)
+    if len(fields) <= 19 or fields[0] == "Z":
+        return False
+    return started is None or fields[19] == started
+
+
+def kill_group_if(pgid: int, started: str | None, sig: int) -> bool:
+    """Send `sig` to the process group `pgid` only while its leader is still the process that
+    started at `started`: once the leader is gone its pid may name someone else's group. True
+    when the signal was sent. (The leader may be a zombie: its group may still hold processes.)"""
+    if pgid <= 0 or started is None or start_time(pgid) != started:
+        return False
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        return False
     return True
 
 

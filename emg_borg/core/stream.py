@@ -22,7 +22,7 @@ from pathlib import Path
 from emg_borg.core.files import write_private
 from emg_borg.core.manifest import Dump
 from emg_borg.core.runtime import CORE, Ledger, RuntimeDir
-from emg_borg.core.proc import comm, start_time
+from emg_borg.core.proc import comm, kill_group_if, start_time
 from emg_borg.core.proc import state as process_state
 from emg_borg.core.named_pipe import stop_readers
 from emg_borg.core.streamer import read_status
@@ -57,6 +57,7 @@ class ProducerHandle:
         self.fifo, self.archive_path, self.footer, self.process = Path(fifo), archive_path, footer, process
         self.out_fd, self.exit_fd, self.name = out_fd, exit_fd, name
         self.status = streams_dir(runtime) / f"{name}.status.json"
+        self.started = start_time(process.pid)  # our child, not yet reaped: its pid is still its own
 
     def poll(self) -> int | None:
         """The producer's exit code (its shell exits with it), or None while it runs."""
@@ -79,8 +80,8 @@ class ProducerHandle:
         spec = {"mode": "dump", "label": self.label, "fifo": str(self.fifo), "status": str(self.status),
                 "stderr": str(directory / f"{self.name}.stderr"), "footer": self.footer,
                 "buffer": str(directory / f"{self.name}.buffer"), "keep": self.keep,
-                "producer_pgid": self.process.pid, "producer_started": start_time(self.process.pid),
-                "exit_fd": self.exit_fd, **self.owner}
+                "producer_pgid": self.process.pid, "producer_started": self.started, "exit_fd": self.exit_fd,
+                **self.owner}
         spawn_streamer(self.runtime, self.ledger, self.name, spec, self.out_fd, (self.exit_fd,), fifo=self.fifo)
         self._close_pipes()
 
@@ -92,8 +93,7 @@ class ProducerHandle:
 
     def abort(self) -> None:
         """Stop the producer (the run failed before the streamer took over)."""
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.process.pid, signal.SIGKILL)
+        kill_group_if(self.process.pid, self.started, signal.SIGKILL)
         self.process.wait()
         self._close_pipes()
 
@@ -210,8 +210,7 @@ def release(entry: dict) -> None:
         if entry.get("fifo"):
             # A borg reading must not see the end of a cut-off dump; another reader only loses it.
             stop_readers(str(entry["fifo"]), ours=lambda pid: comm(pid).startswith("borg"))
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pgid, signal.SIGKILL)
+        kill_group_if(pgid, entry.get("leader_started"), signal.SIGKILL)
         deadline = time.monotonic() + 5
         while start_time(pgid) == entry.get("leader_started") and time.monotonic() < deadline:
             with contextlib.suppress(ChildProcessError):

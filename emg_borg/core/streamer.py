@@ -64,7 +64,7 @@ class Owner:
         self.pid, self.started = pid, started
 
     def gone(self) -> bool:
-        return proc.start_time(self.pid) != self.started or proc.state(self.pid) == "Z"
+        return not proc.running(self.pid, self.started)
 
     def ours(self, pid: int) -> bool:
         """A reader to stop: the run's borg, or, once borgmatic is gone, a borg it left behind."""
@@ -138,9 +138,7 @@ def fail(spec: dict, status: dict, error: str, fd: int | None, owner: Owner) -> 
 
 
 def stop_producer(spec: dict) -> None:
-    if spec.get("producer_pgid") and proc.start_time(spec["producer_pgid"]) == spec.get("producer_started"):
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(spec["producer_pgid"], signal.SIGKILL)
+    proc.kill_group_if(spec["producer_pgid"], spec.get("producer_started"), signal.SIGKILL)
 
 
 def exit_status(fd: int) -> int | None:

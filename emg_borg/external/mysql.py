@@ -119,8 +119,9 @@ class Dump:
     def __init__(self, argv: tuple, path, pass_fds, database: str):
         self.argv, self.path, self.database = argv, path, database
         logger.debug("running: %s > %s", describe(argv), path)
-        self._out = open(path, "wb")
-        os.chmod(path, 0o600)
+        # Created afresh and private from the start; never through a link planted in its place.
+        self._out = os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                                      0o600), "wb")
         try:
             self.process = subprocess.Popen(
                 argv, stdout=self._out, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, pass_fds=pass_fds,

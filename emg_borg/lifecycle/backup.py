@@ -18,7 +18,8 @@ from emg_borg.core.files import remove_tree, write_private
 from emg_borg.core.host import machine_identity
 from emg_borg.core.manifest import ARCHIVE_PATH, DUMPS_DIR, FORMAT_VERSION
 from emg_borg.core.run import BackupRun
-from emg_borg.core.runtime import CORE, Ledger, RunLock, RuntimeDir, run_owner_pid
+from emg_borg.core.runlock import RunLock
+from emg_borg.core.runtime import CORE, Ledger, RuntimeDir, run_owner_pid
 from emg_borg.core.signals import signals_raise
 from emg_borg.emg.categories import CATEGORIES
 from emg_borg.errors import EmgBorgError
@@ -35,8 +36,12 @@ def selected_categories(config) -> tuple:
 
 def check_runtime_dir(run: BackupRun) -> None:
     """The runtime directory must lie outside every archived root, or borg would archive
-    emg-borg's own staging area and snapshot mounts twice."""
+    emg-borg's own staging area and snapshot mounts twice; and only root may change it or a
+    directory above it, or another user could plant a link where root writes its files."""
     runtime = run.runtime.root
+    unsafe = run.runtime.unsafe()
+    if unsafe:
+        raise run.config.error("backup", "runtime_dir", f"{runtime} is not safe: {unsafe}")
     for root in run.layout.roots:
         if root.category in run.categories and (runtime == root.path or root.path in runtime.parents):
             raise run.config.error(
@@ -48,7 +53,7 @@ def check_runtime_dir(run: BackupRun) -> None:
 
 def new_run(config, manager, *, dry_run=False, repository=None, borgmatic_config=None) -> BackupRun:
     runtime = RuntimeDir(config["backup"]["runtime_dir"])
-    return BackupRun(config=config, runtime=runtime, ledger=Ledger(runtime.ledger), hook=manager.hook,
+    return BackupRun(config=config, runtime=runtime, ledger=Ledger(runtime), hook=manager.hook,
                      dry_run=dry_run, repository=repository, borgmatic_config=borgmatic_config)
 
 
@@ -77,9 +82,9 @@ def before_backup(config, manager, *, dry_run=False, repository=None, borgmatic_
         raise EmgBorgError(preflight_message(problems))
 
     run.runtime.ensure()
-    lock = RunLock(run.runtime.lock)
+    lock = RunLock(run.runtime)
     run.owner_pid = run_owner_pid()
-    stale = lock.acquire(run.owner_pid, run.run_id)
+    stale = lock.take(run.owner_pid, run.run_id, run.started, run.ledger)
     try:
         with signals_raise():
             if stale is not None or run.ledger.entries:

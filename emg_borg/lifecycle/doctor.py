@@ -100,7 +100,7 @@ def runtime_dir_checks(run) -> list[Check]:
     if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
         return [Check("runtime_dir", FAIL, f"{root}: cannot write in {existing}")]
     where = "" if existing == root else f" (to be created in {existing})"
-    return [Check("runtime_dir", OK, f"{root} is writable and outside every archived root{where}")]
+    return [Check("runtime_dir", OK, f"{root} is writable, safe from other users and outside every archived root{where}")]
 
 
 def free_space_check(run, last_dump: int | None, streams: bool = False) -> Check:

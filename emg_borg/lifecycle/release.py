@@ -13,7 +13,8 @@ import logging
 from emg_borg.core import stream
 from emg_borg.core.files import remove_empty_dirs, remove_tree
 from emg_borg.core.run import BackupRun
-from emg_borg.core.runtime import Ledger, RunLock, RuntimeDir, run_owner_pid
+from emg_borg.core.runlock import NOTHING, OTHER, RunLock
+from emg_borg.core.runtime import Ledger, RuntimeDir, run_owner_pid
 from emg_borg.core.signals import signals_deferred
 from emg_borg.errors import EmgBorgError
 from emg_borg.lifecycle import archive_check, archives, outcome, providers
@@ -66,7 +67,7 @@ def release_and_unlock(run: BackupRun, lock: RunLock) -> None:
                 run.runtime.patterns.unlink()
             remove_empty_dirs(run.runtime.snapshots)
             if not run.ledger.entries:
-                lock.release()
+                lock.give_up(run.owner_pid)
 
 
 def release_backup(config, manager, *, force=False, repository=None, dry_run=False, borgmatic_config=None,
@@ -74,17 +75,22 @@ def release_backup(config, manager, *, force=False, repository=None, dry_run=Fal
     """`after-backup` / `on-error` (`command`): release the run's snapshot, mounts, staging and lock,
     then report the run's end to the plugins (after-backup: a success; on-error: a failure)."""
     runtime = RuntimeDir(config["backup"]["runtime_dir"])
-    lock = RunLock(runtime.lock)
-    run = BackupRun(config=config, runtime=runtime, ledger=Ledger(runtime.ledger), hook=manager.hook,
-                    repository=repository, dry_run=dry_run, borgmatic_config=borgmatic_config)
-    if not runtime.root.exists() or (not run.ledger.entries and lock.read() is None):
-        with contextlib.suppress(FileNotFoundError):
-            runtime.patterns.unlink()
+    lock = RunLock(runtime)
+    run = BackupRun(config=config, runtime=runtime, ledger=Ledger(runtime), hook=manager.hook,
+                    repository=repository, dry_run=dry_run, borgmatic_config=borgmatic_config,
+                    owner_pid=run_owner_pid())
+    found, other = NOTHING, None
+    if runtime.root.exists():
+        with runtime.guard():  # a before-backup starting now must not lose its patterns file
+            found, other = lock.claim(run.owner_pid, run.ledger, force=force, dry_run=dry_run)
+            if found == NOTHING:
+                with contextlib.suppress(FileNotFoundError):
+                    runtime.patterns.unlink()
+    if found == NOTHING:
         if command == outcome.ON_ERROR and not dry_run:  # before-backup failed, or borgmatic before it
             outcome.report(run, command, succeeded=False)
         return "nothing to release"
-    other = lock.held_by_other_live_run(run_owner_pid())
-    if other and not force:
+    if found == OTHER:
         logger.warning(
             "the run lock belongs to another running backup (pid %s, run %s); leaving its resources alone "
             "(use --force if that process is not an emg-borg backup)", other.get("pid"), other.get("run_id"),
