@@ -52,7 +52,7 @@ def test_a_sound_installation_passes_with_a_warning_for_provider_none(emg):
         assert line("ok", "hooks", f"{phase} runs at `{place}`") in out
     assert any(text.startswith(line("ok", "borg", "borg 1.4.")) for text in out), out
     assert any(text.startswith(line("ok", "repository", f"{emg.repo}: newest emg-borg archive ")) for text in out), out
-    assert any(text.startswith(line("ok", "free space", "")) and "(the dump streams into borg, none of it is staged)"
+    assert any(text.startswith(line("ok", "free space", "")) and "(the dump streams into borg, buffered on disk only while borg lags behind it"
                in text for text in out), out
     assert line("ok", "dumps", "stream into borg through a named pipe (read_special, one repository)") in out
     assert result.stderr == ""  # everything said is a check line

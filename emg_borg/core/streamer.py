@@ -226,6 +226,7 @@ def stream_dump(spec: dict, owner: Owner) -> int:
                 stop_producer(spec)
                 return fail(spec, status, f"borg never read {label}: the run ended first", None, owner)
             status.update(state="streaming", opened=time.time())
+            status.setdefault("first_opened", status["opened"])
             write_status(spec["status"], status)
             try:
                 check_readers(spec, owner, status["reads"] > 0)
@@ -270,6 +271,7 @@ def manifest_bytes(spec: dict) -> bytes:
                                                       f"it excluded? borgmatic needs read_special: true)")
         dump["bytes"], dump["sha256"] = result["bytes"], result["sha256"]
         dump["buffer_peak_bytes"] = result.get("buffer_peak_bytes")  # disk it took while borg lagged
+        dump["borg_wait_seconds"] = round(result["first_opened"] - result["started"], 3)  # borg's start
         seconds.append(result["drained"] - result["started"])
     if seconds and "dump_seconds" in manifest:  # a streamed dump lasts until the drain has it all
         manifest["dump_seconds"] = round(max(seconds), 3)
