@@ -25,6 +25,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import signal
 import sys
 import time
@@ -36,6 +37,7 @@ from emg_borg.core.proc import start_time
 CHUNK = 1 << 20
 F_SETPIPE_SZ = 1031  # Linux: a larger pipe lets the producer run ahead of short stalls in borg
 READER_STOP_SECONDS = 10
+HEAD_BYTES = 1 << 16  # how much of a dump's beginning a head check reads
 
 
 def write_status(path: str, status: dict) -> None:
@@ -162,6 +164,19 @@ def stop_producer(spec: dict) -> None:
         os.killpg(spec["producer_pgid"], signal.SIGKILL)
 
 
+def head_problem(head: bytes, check: dict | None) -> str | None:
+    """Why a dump's beginning is not what `check` expects, or None when it is (or there is no
+    check). `check`: `regex`, searched line by line in the first HEAD_BYTES; `expected`, what its
+    groups must be, joined by ':'; `message`, the failure, with {found} and {expected} filled in."""
+    if not check:
+        return None
+    match = re.search(check["regex"].encode(), head[:HEAD_BYTES], re.MULTILINE)
+    found = b":".join(match.groups() or (match.group(0),)).decode(errors="replace") if match else "none"
+    if found == check["expected"]:
+        return None
+    return check["message"].replace("{found}", found).replace("{expected}", check["expected"])
+
+
 def exit_status(fd: int) -> int | None:
     """The producer's exit code, which its `sh -c` wrapper writes to `fd` when it ends."""
     data = b""
@@ -185,9 +200,14 @@ def stream_dump(spec: dict, owner: Owner) -> int:
         return fail(spec, status, f"borg never read {label}: the run ended first", None)
     status.update(state="streaming", opened=time.time())
     write_status(spec["status"], status)
-    digest, size, tail = hashlib.sha256(), 0, b""
+    digest, size, tail, head, check = hashlib.sha256(), 0, b"", b"", spec.get("head_check")
     try:
         while data := os.read(0, CHUNK):
+            if check and len(head) < HEAD_BYTES:
+                head += data[:HEAD_BYTES - len(head)]
+                if len(head) == HEAD_BYTES and (problem := head_problem(head, check)):
+                    stop_producer(spec)
+                    return fail(spec, status, problem, fd)
             digest.update(data)
             size += len(data)
             tail = (tail + data)[-512:]
@@ -201,6 +221,8 @@ def stream_dump(spec: dict, owner: Owner) -> int:
         return fail(spec, status, f"{label} failed (exit {code if code is not None else 'unknown'}): {why}", fd)
     if footer not in tail:
         return fail(spec, status, f"{label} is incomplete: no '{spec['footer']}' line at its end", fd)
+    if check and len(head) < HEAD_BYTES and (problem := head_problem(head, check)):  # a short dump
+        return fail(spec, status, problem, fd)
     # The status first: borg, seeing the end of this file, goes on to the manifest, whose server
     # reads this status.
     status.update(state="complete", bytes=size, sha256=digest.hexdigest(), ended=time.time())
