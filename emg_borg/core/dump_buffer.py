@@ -28,6 +28,7 @@ SOFT_LIMIT = CHUNK  # how far the drain runs ahead of the reader before it waits
 # the server's net_write_timeout (60 s by default), long enough for borg to start normally.
 SPILL_AFTER = 5.0
 TAIL = 512  # bytes kept of the end, for the completion line
+HEAD = 1 << 16  # bytes kept of the beginning, for a head check
 PUNCH_UNIT = 64 * 1024  # what borg has read is given back in these steps
 # The most the buffer holds on disk while borg keeps up: the lead it may take, one read, and
 # what is not yet given back.
@@ -56,6 +57,7 @@ class DumpBuffer:
         self.size = 0  # bytes drained so far
         self.digest = hashlib.sha256()
         self.tail = b""
+        self.head = b""
         self.done = False  # the producer's output has ended and been judged (or the drain failed)
         self.drained_at: float | None = None
         self.error: str | None = None  # why the drain failed (a full disk)
@@ -101,6 +103,8 @@ class DumpBuffer:
                     break
                 self.digest.update(data)
                 self.tail = (self.tail + data)[-TAIL:]
+                if len(self.head) < HEAD:
+                    self.head += data[:HEAD - len(self.head)]
                 view, offset = memoryview(data), self.size
                 while view:
                     written = os.pwrite(self.fd, view, offset)

@@ -66,14 +66,17 @@ class BackupRun:
         return staged, archive_path
 
     def stream_dump(self, plugin: str, filename: str, *, label: str, argv: tuple, footer: str,
-                    pass_fds=()) -> stream.ProducerHandle:
+                    pass_fds=(), head_check=None) -> stream.ProducerHandle:
         """Start a dump command whose output streams into borg at `emg-borg/dumps/<plugin>/<filename>`
         (only when `stream_dumps`). Call `carry()` on the handle once the consistency point is over;
-        the manifest then records the size and sha256 the streamer counted."""
+        the manifest then records the size and sha256 the streamer counted. With `head_check`
+        (emg_borg.core.streamer.head_problem) the dump's beginning is checked too, and a dump that
+        fails it fails like an incomplete one."""
         fifo, archive_path = self.dump_path(plugin, filename)
         handle = stream.start_producer(self.runtime, self.ledger, self.owner_pid, name=f"{plugin}-{filename}",
                                        label=label, argv=argv, fifo=fifo, archive_path=archive_path, footer=footer,
-                                       pass_fds=pass_fds, keep=self.keep_streams)
+                                       pass_fds=pass_fds, keep=self.keep_streams,
+                                       head_check=head_check)
         self.streams.append(handle)
         return handle
 

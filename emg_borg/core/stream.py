@@ -52,10 +52,10 @@ class ProducerHandle:
     """A producer started into a pipe; `carry` connects it to its named pipe through a streamer."""
 
     def __init__(self, runtime, ledger, owner, label, fifo, archive_path, footer, process, out_fd, exit_fd, name,
-                 keep=False):
+                 keep=False, head_check=None):
         self.runtime, self.ledger, self.owner, self.label, self.keep = runtime, ledger, owner, label, keep
         self.fifo, self.archive_path, self.footer, self.process = Path(fifo), archive_path, footer, process
-        self.out_fd, self.exit_fd, self.name = out_fd, exit_fd, name
+        self.out_fd, self.exit_fd, self.name, self.head_check = out_fd, exit_fd, name, head_check
         self.status = streams_dir(runtime) / f"{name}.status.json"
         self.started = start_time(process.pid)  # our child, not yet reaped: its pid is still its own
 
@@ -79,7 +79,7 @@ class ProducerHandle:
         directory = streams_dir(self.runtime)
         spec = {"mode": "dump", "label": self.label, "fifo": str(self.fifo), "status": str(self.status),
                 "stderr": str(directory / f"{self.name}.stderr"), "footer": self.footer,
-                "buffer": str(directory / f"{self.name}.buffer"), "keep": self.keep,
+                "buffer": str(directory / f"{self.name}.buffer"), "keep": self.keep, "head_check": self.head_check,
                 "producer_pgid": self.process.pid, "producer_started": self.started, "exit_fd": self.exit_fd,
                 **self.owner}
         spawn_streamer(self.runtime, self.ledger, self.name, spec, self.out_fd, (self.exit_fd,), fifo=self.fifo)
@@ -107,10 +107,12 @@ def owner_of(pid: int) -> dict:
 
 
 def start_producer(runtime: RuntimeDir, ledger: Ledger, owner_pid: int, *, name: str, label: str, argv: tuple,
-                   fifo: Path, archive_path: str, footer: str, pass_fds=(), keep=False) -> ProducerHandle:
+                   fifo: Path, archive_path: str, footer: str, pass_fds=(), keep=False,
+                   head_check=None) -> ProducerHandle:
     """Start `argv` writing into a pipe, in a process group of its own, its stderr kept for the
     error line. Returns at once: the caller waits for the producer's consistent view to begin.
-    `keep`: every reader of the run gets the whole output (borgmatic retries `borg create`)."""
+    `keep`: every reader of the run gets the whole output (borgmatic retries `borg create`).
+    `head_check`: what the dump's beginning must say (streamer.head_problem), or None."""
     directory = _ensure_dir(runtime, ledger)
     fifo = Path(fifo)
     fifo.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -129,7 +131,7 @@ def start_producer(runtime: RuntimeDir, ledger: Ledger, owner_pid: int, *, name:
         os.close(exit_write)
     ledger.add(CORE, KIND, pgid=process.pid, leader_started=start_time(process.pid), fifo=fifo, label=label)
     return ProducerHandle(runtime, ledger, owner_of(owner_pid), label, fifo, archive_path, footer, process,
-                          out_read, exit_read, name, keep)
+                          out_read, exit_read, name, keep, head_check)
 
 
 def spawn_streamer(runtime, ledger, name, spec, stdin, pass_fds=(), *, fifo=None) -> None:

@@ -27,6 +27,7 @@ import errno
 import fcntl
 import json
 import os
+import re
 import signal
 import sys
 import threading
@@ -141,6 +142,19 @@ def stop_producer(spec: dict) -> None:
     proc.kill_group_if(spec["producer_pgid"], spec.get("producer_started"), signal.SIGKILL)
 
 
+def head_problem(head: bytes, check: dict | None) -> str | None:
+    """Why a dump's beginning is not what `check` expects, or None when it is (or there is no
+    check). `check`: `regex`, searched line by line in the first HEAD bytes; `expected`, what its
+    groups must be, joined by ':'; `message`, the failure, with {found} and {expected} filled in."""
+    if not check:
+        return None
+    match = re.search(check["regex"].encode(), head, re.MULTILINE)
+    found = b":".join(match.groups() or (match.group(0),)).decode(errors="replace") if match else "none"
+    if found == check["expected"]:
+        return None
+    return check["message"].replace("{found}", found).replace("{expected}", check["expected"])
+
+
 def exit_status(fd: int) -> int | None:
     """The producer's exit code, which its `sh -c` wrapper writes to `fd` when it ends."""
     data = b""
@@ -174,6 +188,8 @@ def judge(spec: dict, buffer: DumpBuffer, stop: threading.Event) -> None:
         error = f"{spec['label']} failed (exit {code if code is not None else 'unknown'}): {why}"
     elif spec["footer"].encode() not in buffer.tail:
         error = f"{spec['label']} is incomplete: no '{spec['footer']}' line at its end"
+    else:
+        error = head_problem(buffer.head, spec.get("head_check"))
     buffer.finish(error)
 
 

@@ -97,17 +97,18 @@ def defaults_pipe(conn: Connection):
         writer.join(timeout=5)
 
 
-def mysqldump_argv(mysqldump: str, defaults_option: str, database: str, extra_options=()) -> tuple:
+def mysqldump_argv(mysqldump: str, defaults_option: str, database: str, extra_options=(), connect_options=()) -> tuple:
     # --defaults-extra-file must come first. --single-transaction gives a consistent InnoDB
     # snapshot without locking; --routines/--triggers/--events keep the schema complete. No
     # --databases: the dump then has no USE statement and loads into whichever database the
     # restore names (a scratch database in a drill must never write into the live one).
     # --skip-dump-date and --order-by-primary make an unchanged database give a byte-identical
     # dump, so borg stores nothing new for it (the date in the footer alone changed its last chunk).
+    # `connect_options` come last: they win over a connection option among the extra ones.
     return (
         mysqldump, defaults_option, "--single-transaction", "--quick", "--routines", "--triggers",
         "--events", "--hex-blob", "--default-character-set=utf8mb4", "--skip-dump-date", "--order-by-primary",
-        *extra_options, "--", database,
+        *extra_options, *connect_options, "--", database,
     )
 
 

@@ -57,7 +57,11 @@ def emg_borg_preflight(run):
 
 @hookimpl
 def emg_borg_hold_consistency_point(run):
-    return lock.global_read_lock(run) if enabled(run.config, run.layout) else None
+    if not enabled(run.config, run.layout):
+        return None
+    if "database" in run.categories:
+        dump.prepare(run)  # here, not in the lock's context: before any holder's freeze begins
+    return lock.global_read_lock(run)
 
 
 @hookimpl

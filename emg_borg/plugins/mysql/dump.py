@@ -1,10 +1,12 @@
 """The dump: `mysqldump --single-transaction`, begun inside the consistency point.
 
-How the dump's transaction start is observed: mysqldump opens a new connection (its thread id is
-above every id seen before it started) as the dump user and runs `START TRANSACTION WITH
-CONSISTENT SNAPSHOT`; the statements it sends next show in `information_schema.PROCESSLIST`, and
-its transaction in `information_schema.INNODB_TRX` (see `DumpWatch`). A small dump may even end
-inside the window; its exit says the same.
+How the dump's transaction start is observed: mysqldump connects through a relay started before
+the freeze, which tells its server thread id; the statements that session sends after `START
+TRANSACTION WITH CONSISTENT SNAPSHOT` show in `information_schema.PROCESSLIST`, and its
+transaction in `information_schema.INNODB_TRX` (see `dump_session`). A small dump may even end
+inside the window; its exit says the same. What proved it lands in the manifest
+(`dump_snapshot`), and where the binary log is on, the dump's own snapshot position, checked
+against the position read in the freeze.
 """
 
 from __future__ import annotations
@@ -16,78 +18,56 @@ import time
 
 from emg_borg.core.manifest import Dump
 from emg_borg.core.progress import PROGRESS, Throttle
+from emg_borg.core.streamer import HEAD_BYTES, head_problem
 from emg_borg.errors import CommandError, EmgBorgError
 from emg_borg.external import mysql
+from emg_borg.plugins.mysql.dump_session import DumpWatch, Relay, has_binlog_snapshot, snapshot_check
 from emg_borg.plugins.mysql.lock import session
-from emg_borg.plugins.mysql.settings import NAME, query_one
+from emg_borg.plugins.mysql.settings import NAME
 
 logger = logging.getLogger(__name__)
 
-# Statements mysqldump --single-transaction sends only after its START TRANSACTION WITH
-# CONSISTENT SNAPSHOT has returned: seeing one of them on the dump's connection proves its
-# snapshot has begun.
-_AFTER_SNAPSHOT = ("UNLOCK TABLES", "SHOW MASTER STATUS", "SHOW BINLOG STATUS", "SET OPTIMIZER_SWITCH",
-                   "SELECT LOGFILE_GROUP_NAME", "SELECT DISTINCT TABLESPACE_NAME", "SAVEPOINT", "SHOW FULL TABLES",
-                   "SHOW TABLES", "SHOW CREATE", "SELECT /*!40001 SQL_NO_CACHE */", "ROLLBACK TO SAVEPOINT")
-# InnoDB refreshes information_schema.INNODB_TRX at most every 100 ms, so it is only the slower
-# second witness.
-_TRX_CACHE_SECONDS = 0.11
 
-
-class DumpWatch:
-    """Decides when the dump's transaction snapshot has begun, from the server's point of view."""
-
-    def __init__(self, connection, user):
-        self.connection, self.user = connection, user
-        self.watermark = query_one(connection, "SELECT MAX(ID) FROM information_schema.PROCESSLIST")[0] or 0
-        self.next_trx_check = time.monotonic() + _TRX_CACHE_SECONDS
-
-    def started(self) -> bool:
-        with self.connection.cursor() as cursor:
-            cursor.execute(
-                "SELECT COMMAND, INFO FROM information_schema.PROCESSLIST WHERE ID > %s AND (%s IS NULL OR USER = %s)",
-                (self.watermark, self.user, self.user),
-            )
-            for command, info in cursor.fetchall():
-                if command == "Init DB" or (info and info.lstrip().upper().startswith(_AFTER_SNAPSHOT)):
-                    return True
-        if time.monotonic() >= self.next_trx_check:
-            self.next_trx_check = time.monotonic() + _TRX_CACHE_SECONDS
-            row = query_one(
-                self.connection,
-                "SELECT COUNT(*) FROM information_schema.INNODB_TRX t JOIN information_schema.PROCESSLIST p "
-                "ON p.ID = t.trx_mysql_thread_id WHERE t.trx_mysql_thread_id > %s AND (%s IS NULL OR p.USER = %s)",
-                (self.watermark, self.user, self.user),
-            )
-            return bool(row and row[0])
-        return False
+def prepare(run) -> None:
+    """Before the freeze: start the relay mysqldump will connect through (an interpreter's start
+    must not land in the freeze), and learn whether the server tells a snapshot's binlog position."""
+    state = run.state(NAME)
+    connection = session(run)
+    section = run.config["mysql"]
+    # Until mysqldump connects; a relay whose before-backup is gone ends sooner by itself.
+    seconds = float(section["lock_timeout"]) * 2 + float(section["max_freeze"]) + 30
+    state["binlog_snapshot"] = has_binlog_snapshot(connection)
+    state["relay"] = Relay(run.runtime.staging, state["settings"], seconds)
 
 
 def begin(run) -> None:
     """Start mysqldump and return once its transaction snapshot has begun (inside the window)."""
+    state = run.state(NAME)
     connection = session(run)
-    settings = run.state(NAME)["settings"]
-    watch = DumpWatch(connection, settings.user)
+    settings, relay = state["settings"], state["relay"]
+    watch = DumpWatch(connection, relay)
+    # The position read in the freeze (only under the lock), to be found in the dump's head.
+    binlog = state.get("binlog") if state.get("binlog_snapshot") else None
+    check = state["head_check"] = snapshot_check(binlog) if binlog else None
+    options = ("--master-data=2",) if check else ()
     filename = f"{settings.database}.sql"
     with mysql.defaults_pipe(settings) as (option, fd):
-        argv = mysql.mysqldump_argv(
-            run.config["mysql"]["mysqldump"], option, settings.database, tuple(run.config["mysql"]["dump_options"])
-        )
+        argv = mysql.mysqldump_argv(run.config["mysql"]["mysqldump"], option, settings.database,
+                                    (*options, *run.config["mysql"]["dump_options"]), relay.mysqldump_options())
         logger.info("dumping database %s with mysqldump --single-transaction", settings.database)
         if run.stream_dumps:
             dump = run.stream_dump(NAME, filename, label=f"mysqldump of {settings.database}", argv=argv,
-                                   footer=mysql.Dump.FOOTER.decode(), pass_fds=(fd,))
+                                   footer=mysql.Dump.FOOTER.decode(), pass_fds=(fd, *relay.pass_fds), head_check=check)
             archive_path = dump.archive_path
         else:
             path, archive_path = run.dump_path(NAME, filename)
-            dump = mysql.Dump(argv, path, (fd,), settings.database)
-    run.state(NAME)["dump"] = (dump, archive_path, settings.database)
+            dump = mysql.Dump(argv, path, (fd, *relay.pass_fds), settings.database)
+    state["dump"] = (dump, archive_path, settings.database)
     # Waiting for the dump's start is part of the freeze: bounded by lock_timeout and by what is
     # left of max_freeze.
     deadline = min(time.monotonic() + float(run.config["mysql"]["lock_timeout"]), run.freeze_deadline or math.inf)
     checks = 0
-    while not (dump.poll() is not None or watch.started()
-               or (checks % 10 == 9 and not run.stream_dumps and dump.wrote_footer())):
+    while (proof := _started(dump, watch, staged_file=not run.stream_dumps and checks % 10 == 9)) is None:
         checks += 1
         if time.monotonic() > deadline:
             dump.abort()
@@ -95,6 +75,17 @@ def begin(run) -> None:
         time.sleep(0.002)
     if run.stream_dumps and (failure := dump.failure()):
         raise CommandError(failure)
+    state["dump_snapshot"] = {"session": relay.session(), "proof": proof}
+
+
+def _started(dump, watch: DumpWatch, staged_file: bool) -> str | None:
+    """What proves that the dump's snapshot has begun, or None. `staged_file`: look at the file too
+    (a small dump can be complete before its process has exited)."""
+    if dump.poll() is not None:
+        return "the dump ended inside the freeze"
+    if staged_file and dump.wrote_footer():
+        return "the dump was complete inside the freeze"
+    return watch.started()
 
 
 def finish(run) -> Dump | None:
@@ -103,12 +94,20 @@ def finish(run) -> Dump | None:
     if running is None:
         return None
     dump, archive_path, database = running
-    binlog = run.state(NAME).get("binlog")
+    state = run.state(NAME)
+    binlog, check = state.get("binlog"), state.get("head_check")
     details = {"binlog_file": binlog["file"], "binlog_position": binlog["position"]} if binlog else {}
+    details["dump_snapshot"] = dict(state.get("dump_snapshot") or {})
+    if check:
+        # The dump's own position: its head must name the freeze's (checked by the streamer on
+        # the way into borg, or below in the staged file), else the run fails.
+        details["dump_snapshot"].update(binlog_file=binlog["file"], binlog_position=binlog["position"])
     if run.stream_dumps:
         if failure := dump.failure():  # it ended with an error already: no need to wait for borg
             raise CommandError(failure)
         # The streamer checks its exit and completion line and counts it on its way into borg.
+        # The relay goes on carrying mysqldump's connection, and ends with it.
+        state.pop("relay").detach()
         logger.info("dump of %s streams into borg", database)
         return dump.dump(NAME, database, format="sql", **details)
     throttle = Throttle()
@@ -122,6 +121,11 @@ def finish(run) -> Dump | None:
     except BaseException:
         dump.abort()
         raise
+    finally:
+        close_relay(run, wait=5)
+    with open(dump.path, "rb") as staged:
+        if problem := head_problem(staged.read(HEAD_BYTES), check):
+            raise EmgBorgError(problem)
     result = Dump.of_file(NAME, dump.database, dump.path, archive_path, format="sql", **details)
     logger.info("dump of %s complete: %d bytes", dump.database, result.bytes)
     return result
@@ -133,3 +137,10 @@ def abort(run) -> None:
     if running is not None:
         with contextlib.suppress(Exception):
             running[0].abort()
+    close_relay(run)
+
+
+def close_relay(run, wait: float = 0) -> None:
+    relay = run.state(NAME).pop("relay", None)
+    if relay is not None:
+        relay.close(wait)
