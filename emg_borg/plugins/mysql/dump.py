@@ -18,7 +18,8 @@ import time
 
 from emg_borg.core.manifest import Dump
 from emg_borg.core.progress import PROGRESS, Throttle
-from emg_borg.core.streamer import HEAD_BYTES, head_problem
+from emg_borg.core.dump_buffer import HEAD as HEAD_BYTES
+from emg_borg.core.streamer import head_problem
 from emg_borg.errors import CommandError, EmgBorgError
 from emg_borg.external import mysql
 from emg_borg.plugins.mysql.dump_session import DumpWatch, Relay, has_binlog_snapshot, snapshot_check
