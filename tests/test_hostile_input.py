@@ -3,7 +3,6 @@ result or one error naming the file and line, never a traceback; dangerous layou
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest

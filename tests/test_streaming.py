@@ -18,7 +18,7 @@ import pytest
 
 from emg_borg.core.dump_buffer import HELD_BOUND, SPILL_AFTER
 
-from conftest import TEST_MARK, Emg, borg, borg_cat, borg_list, leftovers, marked_processes, run
+from conftest import TEST_MARK, borg, borg_cat, borg_list, leftovers, marked_processes, run
 from test_faults import fake_bin
 
 pytestmark = [pytest.mark.e2e]
@@ -234,7 +234,7 @@ def test_named_pipes_and_devices_in_the_emg_tree_are_not_archived_so_borg_cannot
     result = subprocess.run(["borgmatic", "--config", str(emg.borgmatic_config()), "create"], capture_output=True,
                             text=True, timeout=300)
     assert result.returncode == 0, result.stderr
-    assert (f"emg-borg: warning: not archived: 2 named pipe(s) or device(s) in the EMG tree" in result.stderr
+    assert ("emg-borg: warning: not archived: 2 named pipe(s) or device(s) in the EMG tree" in result.stderr
             and str(emg.tree.spooldir / "emgd.ctl") in result.stderr and str(emg.tree.emgdir / "zero") in result.stderr)
     [archive] = borg_list(emg.repo)
     paths = borg_list(emg.repo, archive)

@@ -54,6 +54,7 @@ class DumpBuffer:
     def __init__(self, path: str, keep: bool):
         self.path, self.keep = path, keep
         self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        os.unlink(path)  # only this descriptor uses it: nothing of the dump outlives the process
         self.size = 0  # bytes drained so far
         self.digest = hashlib.sha256()
         self.tail = b""

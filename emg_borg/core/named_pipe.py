@@ -14,18 +14,30 @@ READER_STOP_SECONDS = 10
 
 
 def release_pipe(fifo: str, path_fd: int, ours=None) -> None:
-    """Make sure nobody waits on the pipe after this process, and nobody of ours reads an end of
-    file from it: through the O_PATH descriptor taken at start, open its write end (a reader
-    blocked in open() gets through), stop the readers that `ours` names, then close and remove
-    the name (a later open fails at once)."""
+    """Make sure nobody waits on the pipe after this, and nobody of ours reads an end of file
+    from it: remove the name first (a later open fails at once), then, through the O_PATH
+    descriptor, open its write end (a reader blocked in open() gets through), stop the readers
+    that `ours` names, and close."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(fifo)
     writer = None
     with contextlib.suppress(OSError):
         writer = os.open(f"/proc/self/fd/{path_fd}", os.O_WRONLY | os.O_NONBLOCK)
     if writer is not None:
         stop_readers(fifo, os.fstat(path_fd), ours)
         os.close(writer)
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(fifo)
+
+
+def release_named(fifo: str, ours=None) -> None:
+    """`release_pipe` for a pipe this process holds no descriptor of (another process's)."""
+    try:
+        path_fd = os.open(fifo, os.O_PATH | os.O_NOFOLLOW)
+    except OSError:
+        return
+    try:
+        release_pipe(fifo, path_fd, ours)
+    finally:
+        os.close(path_fd)
 
 
 def wait_for_reader(fifo: str, give_up) -> int | None:

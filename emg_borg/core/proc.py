@@ -35,6 +35,17 @@ def parent(pid: int, proc="/proc") -> int:
     return int(fields[1]) if len(fields) > 1 else 0
 
 
+def descends_from(ancestor: int):
+    """A test of whether a process is `ancestor` or one of its descendants (by parent pids)."""
+    def check(pid: int) -> bool:
+        while pid > 1:
+            if pid == ancestor:
+                return True
+            pid = parent(pid)
+        return False
+    return check
+
+
 def state(pid: int, proc="/proc") -> str | None:
     """R, S, D, Z, ...; None when there is no such process."""
     fields = _stat_fields(pid, proc)

@@ -22,10 +22,10 @@ from pathlib import Path
 from emg_borg.core.files import write_private
 from emg_borg.core.manifest import Dump
 from emg_borg.core.runtime import CORE, Ledger, RuntimeDir
-from emg_borg.core.proc import comm, kill_group_if, start_time
+from emg_borg.core.proc import descends_from, kill_group_if, start_time
 from emg_borg.core.proc import state as process_state
-from emg_borg.core.named_pipe import stop_readers
-from emg_borg.core.streamer import read_status
+from emg_borg.core.named_pipe import release_named
+from emg_borg.core.stream_guard import read_status
 from emg_borg.errors import EmgBorgError
 
 KIND = "stream"
@@ -205,13 +205,14 @@ def problems(runtime: RuntimeDir, unread: bool = True) -> list[str]:
             f"borgmatic needs read_special: true and must not exclude emg-borg's named pipes"]
 
 
-def release(entry: dict) -> None:
+def release(entry: dict, run_owner: int) -> None:
     """Stop a stream's process group (if it is still the one recorded) and remove its pipe."""
     pgid = int(entry.get("pgid") or 0)
     if pgid and start_time(pgid) == entry.get("leader_started"):
         if entry.get("fifo"):
-            # A borg reading must not see the end of a cut-off dump; another reader only loses it.
-            stop_readers(str(entry["fifo"]), ours=lambda pid: comm(pid).startswith("borg"))
+            # A borg of this run reading must not see the end of a cut-off dump; another reader
+            # only loses the pipe.
+            release_named(str(entry["fifo"]), ours=descends_from(run_owner))
         kill_group_if(pgid, entry.get("leader_started"), signal.SIGKILL)
         deadline = time.monotonic() + 5
         while start_time(pgid) == entry.get("leader_started") and time.monotonic() < deadline:

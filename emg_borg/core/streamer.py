@@ -23,7 +23,6 @@ consistency point, next to a running dump.
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import json
 import os
@@ -37,85 +36,12 @@ from pathlib import Path
 from emg_borg.core import proc
 from emg_borg.core.dump_buffer import CHUNK, DumpBuffer
 from emg_borg.core.files import write_private
-from emg_borg.core.named_pipe import readers, release_pipe, stop_readers, wait_for_reader, write_all
+from emg_borg.core.named_pipe import release_pipe, stop_readers, write_all
+from emg_borg.core.stream_guard import (Owner, Refused, check_readers, next_reader, read_status, refuse_readers,
+                                        watching, write_status)
 
 F_SETPIPE_SZ = 1031  # Linux: a larger pipe lets the producer run ahead of short stalls
 READER_CHECK_SECONDS = 2.0  # how often the readers of a pipe being served are looked at
-SETTLE_SECONDS = 2.0
-
-
-def write_status(path: str, status: dict) -> None:
-    """Atomically replace the status file (read by after-backup, on-error and the manifest server)."""
-    write_private(Path(path), json.dumps(status))
-
-
-def read_status(path: str) -> dict:
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return {"state": "unknown"}
-
-
-class Owner:
-    """The process the run belongs to (borgmatic): the streamer gives up when it is gone, and
-    only its descendants (its borg) may read a pipe."""
-
-    def __init__(self, pid: int, started: str | None):
-        self.pid, self.started = pid, started
-
-    def gone(self) -> bool:
-        return not proc.running(self.pid, self.started)
-
-    def ours(self, pid: int) -> bool:
-        """A reader to stop: the run's borg, or, once borgmatic is gone, a borg it left behind."""
-        return self.ancestor_of(pid) or (self.gone() and proc.comm(pid).startswith("borg"))
-
-    def ancestor_of(self, pid: int) -> bool:
-        while pid > 1:
-            if pid == self.pid:
-                return not self.gone()
-            pid = proc.parent(pid)
-        return False
-
-
-class Refused(Exception):
-    """A reader that may not read the pipe: the run fails with this message."""
-
-
-def next_reader(fifo: str, give_up, previous: set[int]) -> tuple[int | None, set[int]]:
-    """The write end of the pipe once a new reader has opened it, and who holds it; (None, ...)
-    when `give_up()` says so. A reader's descriptor shows in /proc only once its open() has
-    returned, a moment after this end opened; and the readers of the last session may still hold
-    their end (a borg reading its end of file), so the pipe is looked for anew only once they
-    have let go (or after SETTLE_SECONDS)."""
-    deadline = time.monotonic() + SETTLE_SECONDS
-    while previous & set(readers(fifo)) and time.monotonic() < deadline and not give_up():
-        time.sleep(0.05)
-    while True:
-        fd = wait_for_reader(fifo, give_up)
-        if fd is None:
-            return None, set()
-        deadline = time.monotonic() + SETTLE_SECONDS
-        while time.monotonic() < deadline:
-            holders = set(readers(fifo))
-            if holders - previous:
-                return fd, holders
-            time.sleep(0.002)
-        os.close(fd)
-
-
-def check_readers(spec: dict, owner: Owner, read_before: bool) -> None:
-    """Raise Refused when a process other than the run's borg holds the pipe, or when the pipe
-    is opened again after a reader had it whole and the spec does not keep it for a retry."""
-    label = spec.get("label", "the manifest")
-    for pid in readers(spec["fifo"]):
-        if not owner.ancestor_of(pid):
-            raise Refused(f"another process (pid {pid}, {proc.comm(pid) or 'gone'}) opened the named pipe of {label}: "
-                          f"only the run's own borg may read it, so the archive cannot be trusted")
-    if read_before and not spec.get("keep"):
-        raise Refused(f"{label} was opened a second time after borg had read it whole; a streamed dump is read "
-                      f"once (with borgmatic's retries it is kept for a second reader)")
 
 
 def last_line(path: str) -> str:
@@ -127,14 +53,15 @@ def last_line(path: str) -> str:
 
 
 def fail(spec: dict, status: dict, error: str, fd: int | None, owner: Owner) -> int:
-    """Record the failure, stop borg if it is reading (before it can see an end of file), close."""
-    status.update(state="failed", error=error, ended=time.time())
-    write_status(spec["status"], status)
+    """Stop the run's borg if it is reading (before it can see an end of file), record the
+    failure (a full disk may refuse the record: borg is stopped all the same), close."""
     if fd is not None:
         status["stopped_readers"] = stop_readers(spec["fifo"], ours=owner.ours)
-        write_status(spec["status"], status)
         with contextlib.suppress(OSError):
             os.close(fd)
+    status.update(state="failed", error=error, ended=time.time())
+    with contextlib.suppress(OSError):
+        write_status(spec["status"], status)
     return 1
 
 
@@ -221,7 +148,8 @@ def serve_reader(fd: int, buffer: DumpBuffer, spec: dict, owner: Owner) -> None:
 
 def stream_dump(spec: dict, owner: Owner) -> int:
     label = spec["label"]
-    status = {"state": "waiting", "label": label, "pid": os.getpid(), "started": time.time(), "reads": 0}
+    status = {"state": "waiting", "label": label, "pid": os.getpid(), "pid_started": proc.start_time(os.getpid()),
+              "fifo": spec["fifo"], "started": time.time(), "reads": 0}
     write_status(spec["status"], status)
     with contextlib.suppress(OSError):
         fcntl.fcntl(0, F_SETPIPE_SZ, CHUNK)
@@ -233,7 +161,7 @@ def stream_dump(spec: dict, owner: Owner) -> int:
         while True:
             # A dump that failed before borg came still waits for it: borg is stopped inside the
             # dump's member, and never goes on to archive the rest without it.
-            fd, previous = next_reader(spec["fifo"], owner.gone, previous)
+            fd, previous = next_reader(spec["fifo"], watching(spec, owner), previous)
             if fd is None:
                 if buffer.error is not None:
                     return fail(spec, status, buffer.error, None, owner)
@@ -241,6 +169,7 @@ def stream_dump(spec: dict, owner: Owner) -> int:
                     return 0
                 stop_producer(spec)
                 return fail(spec, status, f"borg never read {label}: the run ended first", None, owner)
+            owner.known |= {pid for pid in previous if owner.ancestor_of(pid)}
             status.update(state="streaming", opened=time.time())
             status.setdefault("first_opened", status["opened"])
             write_status(spec["status"], status)
@@ -295,15 +224,17 @@ def manifest_bytes(spec: dict) -> bytes:
 
 
 def serve_manifest(spec: dict, owner: Owner) -> int:
-    status = {"state": "waiting", "label": "the manifest", "pid": os.getpid(), "started": time.time(), "reads": 0}
+    status = {"state": "waiting", "label": "the manifest", "pid": os.getpid(),
+              "pid_started": proc.start_time(os.getpid()), "fifo": spec["fifo"], "started": time.time(), "reads": 0}
     write_status(spec["status"], status)
     previous: set[int] = set()
     while True:
-        fd, previous = next_reader(spec["fifo"], owner.gone, previous)
+        fd, previous = next_reader(spec["fifo"], watching(spec, owner), previous)
         if fd is None:
             if status["reads"]:
                 return 0
             return fail(spec, status, "borg never read the manifest: the run ended first", None, owner)
+        owner.known |= {pid for pid in previous if owner.ancestor_of(pid)}
         try:
             check_readers(spec, owner, status["reads"] > 0)
             data = manifest_bytes(spec)
@@ -338,9 +269,13 @@ def main(argv: list[str]) -> int:
         status["stopped_readers"] = stop_readers(spec["fifo"], ours=owner.ours)
         write_status(spec["status"], status)
     finally:
-        # The run is over (its owner gone) or failed: no borg may wait on the pipe now. Until
-        # then the pipe stays, also after a success: borg looks at the path again once it has
-        # read it, and a retried borg create opens it again.
+        # A failure: every borg of the run that comes back (a retry) is stopped too. Then the
+        # run is over (its owner gone): no borg may wait on the pipe now. Until then the pipe
+        # stays, also after a success: borg looks at the path again once it has read it, and a
+        # retried borg create opens it again.
+        if code != 0:
+            with contextlib.suppress(Exception):
+                refuse_readers(spec, owner)
         release_pipe(spec["fifo"], path_fd, owner.ours)
     return code
 

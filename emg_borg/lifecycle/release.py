@@ -24,7 +24,7 @@ logger = logging.getLogger(__name__)
 
 def _release_core(run: BackupRun, entry: dict) -> None:
     if entry["kind"] == stream.KIND:
-        stream.release(entry)
+        stream.release(entry, run_owner_pid())
     else:
         remove_tree(entry["path"])
 

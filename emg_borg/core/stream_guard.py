@@ -1,0 +1,139 @@
+"""Who may read a run's named pipes, and what happens to those that may not.
+
+Only the run's own borg (a descendant of the borgmatic process that ran before-backup, its
+`Owner`) may open a pipe; a reader is looked for anew for each `borg create` of the run (a
+retry), and the other streamers of the run are watched: one that was killed leaves a pipe that
+nobody would ever write, so its pipe is released for it (`release_orphans`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from pathlib import Path
+
+from emg_borg.core import proc
+from emg_borg.core.files import write_private
+from emg_borg.core.named_pipe import readers, release_named, stop_readers, wait_for_reader
+
+SETTLE_SECONDS = 2.0
+
+
+def write_status(path: str, status: dict) -> None:
+    """Atomically replace the status file (read by after-backup, on-error and the manifest server)."""
+    write_private(Path(path), json.dumps(status))
+
+
+def read_status(path: str) -> dict:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {"state": "unknown"}
+
+
+class Owner:
+    """The process the run belongs to (borgmatic): the streamer gives up when it is gone, and
+    only its descendants (its borg) may read a pipe."""
+
+    def __init__(self, pid: int, started: str | None):
+        self.pid, self.started = pid, started
+        self.known: set[int] = set()  # the run's readers seen so far, ours also once it is gone
+        self._descendant = proc.descends_from(pid)
+
+    def gone(self) -> bool:
+        return not proc.running(self.pid, self.started)
+
+    def ancestor_of(self, pid: int) -> bool:
+        return self._descendant(pid) and not self.gone()
+
+    def ours(self, pid: int) -> bool:
+        """A reader to stop rather than merely leave without its pipe: the run's borg."""
+        return pid in self.known or self.ancestor_of(pid)
+
+
+class Refused(Exception):
+    """A reader that may not read the pipe: the run fails with this message."""
+
+
+def next_reader(fifo: str, give_up, previous: set[int]) -> tuple[int | None, set[int]]:
+    """The write end of the pipe once a new reader has opened it, and who holds it; (None, ...)
+    when `give_up()` says so. A reader's descriptor shows in /proc only once its open() has
+    returned, a moment after this end opened; and the readers of the last session may still hold
+    their end (a borg reading its end of file): the write end stays open until a reader that is
+    not one of them shows (closing it would give a new reader an empty file)."""
+    deadline = time.monotonic() + SETTLE_SECONDS
+    while previous & set(readers(fifo)) and time.monotonic() < deadline and not give_up():
+        time.sleep(0.05)
+    fd = wait_for_reader(fifo, give_up)
+    if fd is None:
+        return None, set()
+    pause = 0.002
+    while True:
+        holders = set(readers(fifo))
+        if holders - previous:
+            return fd, holders
+        if give_up():
+            os.close(fd)
+            return None, set()
+        time.sleep(pause)
+        pause = min(pause * 2, 0.1)
+
+
+def release_orphans(spec: dict) -> None:
+    """Release the pipes of this run's other streamers that ended without saying why (killed):
+    a borg waiting to open one would wait forever. Their status says so."""
+    own = Path(spec["status"])
+    for path in own.parent.glob("*.status.json"):
+        status = read_status(str(path))
+        if (path == own or status.get("state") not in ("waiting", "streaming", "interrupted")
+                or not status.get("pid") or proc.running(status["pid"], status.get("pid_started"))):
+            continue
+        status.update(state="failed", ended=time.time(),
+                      error=f"the streamer of {status.get('label', 'a dump')} (pid {status['pid']}) ended unexpectedly")
+        with contextlib.suppress(OSError):
+            write_status(str(path), status)
+        if status.get("fifo"):
+            release_named(status["fifo"])
+
+
+def watching(spec: dict, owner: Owner):
+    """`give_up` for a wait: the owner gone; meanwhile, about once a second, other streamers
+    of the run that died are noticed and their pipes released."""
+    next_look = [0.0]
+
+    def give_up() -> bool:
+        if time.monotonic() >= next_look[0]:
+            next_look[0] = time.monotonic() + 1
+            release_orphans(spec)
+        return owner.gone()
+    return give_up
+
+
+def check_readers(spec: dict, owner: Owner, read_before: bool) -> None:
+    """Raise Refused when a process other than the run's borg holds the pipe, or when the pipe
+    is opened again after a reader had it whole and the spec does not keep it for a retry."""
+    label = spec.get("label", "the manifest")
+    for pid in readers(spec["fifo"]):
+        if not owner.ancestor_of(pid):
+            raise Refused(f"another process (pid {pid}, {proc.comm(pid) or 'gone'}) opened the named pipe of {label}: "
+                          f"only the run's own borg may read it, so the archive cannot be trusted")
+    if read_before and not spec.get("keep"):
+        raise Refused(f"{label} was opened a second time after borg had read it whole; a streamed dump is read "
+                      f"once (with borgmatic's retries it is kept for a second reader)")
+
+
+def refuse_readers(spec: dict, owner: Owner) -> None:
+    """After a failure, while the run goes on (borgmatic may retry borg create): stop every borg
+    of the run that opens the pipe again, so that no retry archives the tree without the dump;
+    another opener only loses the pipe."""
+    give_up, previous = watching(spec, owner), set()
+    while True:
+        fd, previous = next_reader(spec["fifo"], give_up, previous)
+        if fd is None:
+            return
+        owner.known |= {pid for pid in previous if owner.ancestor_of(pid)}
+        stop_readers(spec["fifo"], ours=owner.ours)
+        os.close(fd)
