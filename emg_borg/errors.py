@@ -17,7 +17,7 @@ EXIT_USAGE = 2
 
 # Characters of the longest line the command line prints: a message naming three long paths stays
 # whole, a 5 MB value does not make a 5 MB line.
-LINE_LIMIT = 500
+LINE_LIMIT = 1000  # one line, however many repositories an archive warning names
 VALUE_LIMIT = 80  # characters: the longest value (a path, a server.cfg setting) a message quotes whole
 _SHORTEST = 40  # the least `limit` a shortened text keeps to: room for the length marker and some text
 

@@ -102,7 +102,8 @@ def test_hundreds_of_archives_cost_what_a_handful_does_once_cached(emg, counted,
     many = costs()
     assert len(borg_list(emg.repo)) == 201
 
-    assert few["archives, first"] == {"list": 1, "manifest": 3}
+    # The newest manifest was read (and cached) by after-backup's look at the archive.
+    assert few["archives, first"] == {"list": 1, "manifest": 2}
     assert many["archives, first"] == {"list": 1, "manifest": 198}  # only the new ones are read
     assert few["archives, again"] == many["archives, again"] == {"list": 1}
     assert few["restore --dry-run"] == many["restore --dry-run"]

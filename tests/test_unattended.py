@@ -219,3 +219,26 @@ def test_borgmatic_roots_covering_runtime_dir_are_refused_before_anything_is_tak
     doctor = emg.emg_borg("doctor", "--borgmatic-config", str(config), check=False)
     assert doctor.returncode == 1
     assert f"runtime_dir {emg.runtime} lies inside '{parent}'" in doctor.stdout
+
+
+def test_a_killed_streamer_leaves_no_borg_waiting_on_its_pipe(emg, mariadb, tmp_path, monkeypatch):
+    """The dump's streamer is SIGKILLed (the OOM killer, an operator) before borg opens its pipe:
+    the run's other streamer notices, lets the waiting borg through and stops it; the run fails
+    with one line and leaves nothing."""
+    filler(mariadb, emg.database, 1)
+    status = emg.runtime / "streams" / f"mysql-{emg.database}.sql.status.json"
+    fake_first_on_path(monkeypatch, tmp_path, "borg", f"""
+case " $* " in *" create "*) case " $* " in *" --dry-run "*) ;; *)
+  kill -9 $(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["pid"])' {status});;
+esac;; esac
+exec {REAL_BORG} "$@"
+""")
+    started = time.monotonic()
+    result = emg.borgmatic_create(check=False)
+    assert time.monotonic() - started < 120
+    assert result.returncode != 0
+    [error] = emg_borg_errors(result)
+    assert f"the streamer of mysqldump of {emg.database} (pid " in error and "ended unexpectedly" in error
+    assert borg_list(emg.repo) == []
+    assert leftovers(emg) == []
+    assert processes_of_this_test() == []

@@ -82,7 +82,7 @@ def next_reader(fifo: str, give_up, previous: set[int]) -> tuple[int | None, set
         pause = min(pause * 2, 0.1)
 
 
-def release_orphans(spec: dict) -> None:
+def release_orphans(spec: dict, ours) -> None:
     """Release the pipes of this run's other streamers that ended without saying why (killed):
     a borg waiting to open one would wait forever. Their status says so."""
     own = Path(spec["status"])
@@ -96,7 +96,7 @@ def release_orphans(spec: dict) -> None:
         with contextlib.suppress(OSError):
             write_status(str(path), status)
         if status.get("fifo"):
-            release_named(status["fifo"])
+            release_named(status["fifo"], ours)
 
 
 def watching(spec: dict, owner: Owner):
@@ -107,7 +107,7 @@ def watching(spec: dict, owner: Owner):
     def give_up() -> bool:
         if time.monotonic() >= next_look[0]:
             next_look[0] = time.monotonic() + 1
-            release_orphans(spec)
+            release_orphans(spec, owner.ours)
         return owner.gone()
     return give_up
 
