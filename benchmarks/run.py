@@ -127,6 +127,15 @@ def call_kind(call: dict) -> str:
     return f"borg {sub}"
 
 
+def load_routelog(server: mariadb.MariaDB, rows: int) -> None:
+    """The sample schema with `rows` rows of traffic in `routelog` (the benchmarks' database)."""
+    sample.load_schema(server, rows=0)
+    if rows:
+        server.sql("INSERT INTO routelog (id, connector, sender, recipient, status) "
+                   f"SELECT seq, 'mgp-in1', CONCAT('4670', seq), CONCAT('4671', seq % 9973), seq % 7 FROM seq_1_to_{rows}",
+                   sample.DB_NAME)
+
+
 # --- disk poller (item f) ------------------------------------------------------------------------
 
 class DiskPoller:
@@ -216,12 +225,7 @@ class Bench:
         self.tree = sample.build(w / "server", db_port=self.server.port, spooldir=self.mnt / "spool" / "emg", spool_files=0)
         self.ref = sample.build(w / "ref", db_port=self.server.port, spooldir=self.mnt / "spool-ref" / "emg", spool_files=0)
         log(f"loading {a.rows} routelog rows")
-        sample.load_schema(self.server, rows=0)
-        if a.rows:
-            self.server.sql(
-                "INSERT INTO routelog (id, connector, sender, recipient, status) "
-                f"SELECT seq, 'mgp-in1', CONCAT('4670', seq), CONCAT('4671', seq % 9973), seq % 7 FROM seq_1_to_{a.rows}",
-                sample.DB_NAME)
+        load_routelog(self.server, a.rows)
         log(f"writing {a.files} spool files")
         rng = random.Random(10)
         self.spool_files = []
@@ -538,19 +542,25 @@ def print_table(s: dict) -> None:
     print(f"benchmark took {s['elapsed_s'] / 60:.1f} min")
 
 
+def start(parser: argparse.ArgumentParser, root_for: str) -> argparse.Namespace:
+    """The arguments (with --json); exits 2 unless root; SIGTERM then cleans up like Ctrl-C does
+    (the caller's finally)."""
+    parser.add_argument("--json", action="store_true", help="print a JSON document instead of the table")
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        print(f"run as root ({root_for})", file=sys.stderr)
+        raise SystemExit(2)
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    return args
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--files", type=int, default=20000, help="spool files (default %(default)s)")
     parser.add_argument("--rows", type=int, default=300000, help="routelog rows (default %(default)s)")
     parser.add_argument("--repeat", type=int, default=3, help="rounds; figures are medians (default %(default)s)")
-    parser.add_argument("--json", action="store_true", help="print a JSON document instead of the table")
-    args = parser.parse_args()
-    if os.geteuid() != 0:
-        print("run as root (loop mounts, Btrfs snapshots)", file=sys.stderr)
-        return 2
+    args = start(parser, "loop mounts, Btrfs snapshots")
     started = time.perf_counter()
-    # SIGTERM cleans up like Ctrl-C does (the finally below)
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     # The prefix must not contain "emg-borg": the test suite, which may run at the same time on
     # this machine, counts every mount whose path names emg-borg as its own leftover.
     with tempfile.TemporaryDirectory(prefix="emgbench-") as tmp:

@@ -151,15 +151,17 @@ class DumpBuffer:
         return os.pread(self.fd, length, offset)
 
     def passed(self, length: int) -> None:
-        """The reader took `length` more bytes: wake the drain, and give back what it read."""
-        with self.condition:
-            self.served += length
-            self.progress_at = time.monotonic()
-            self.condition.notify_all()
-            upto = self.served - self.served % PUNCH_UNIT
+        """The reader took `length` more bytes: give back what it read, then wake the drain (in
+        this order, or the drain writes its next chunk before the punch and passes HELD_BOUND)."""
+        served = self.served + length  # only the reader's thread moves `served`
+        upto = served - served % PUNCH_UNIT
         if not self.keep and self.punch_works and upto > self.punched:
             self.punch_works = punch_hole(self.fd, self.punched, upto - self.punched)
             self.punched = upto
+        with self.condition:
+            self.served = served
+            self.progress_at = time.monotonic()
+            self.condition.notify_all()
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
