@@ -22,7 +22,7 @@ import os
 import threading
 import time
 
-CHUNK = 1 << 20
+CHUNK = 256 * 1024  # one read of the producer's output (and one write into borg's pipe)
 SOFT_LIMIT = CHUNK  # how far the drain runs ahead of the reader before it waits (plus one read)
 # Seconds the producer may be held while the reader takes nothing (or has not come): far below
 # the server's net_write_timeout (60 s by default), long enough for borg to start normally.
@@ -68,6 +68,7 @@ class DumpBuffer:
         self.reading = False  # a reader is attached
         self.progress_at = time.monotonic()  # when the reader last accepted data
         self.spilling = False  # draining regardless of the reader, until it has caught up
+        self.spilled = False  # it ever did: the reader lagged, and HELD_BOUND did not apply
         self.hold_started: float | None = None  # since when the drain waits for the reader
         self.punch_works = True
         self.condition = threading.Condition()
@@ -88,7 +89,7 @@ class DumpBuffer:
         if self.hold_started is None:
             self.hold_started = time.monotonic()
         if time.monotonic() - max(self.hold_started, self.progress_at) >= SPILL_AFTER:
-            self.spilling = True
+            self.spilling = self.spilled = True
         return self.spilling
 
     def drain(self, source: int, stop: threading.Event) -> bool:

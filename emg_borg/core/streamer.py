@@ -191,7 +191,7 @@ def stream_dump(spec: dict, owner: Owner) -> int:
             # server reads this status.
             status.update(state="complete", bytes=buffer.size, sha256=buffer.digest.hexdigest(), ended=time.time(),
                           drained=buffer.drained_at, reads=status["reads"] + 1,
-                          buffer_peak_bytes=buffer.peak_bytes, error=None)
+                          buffer_peak_bytes=buffer.peak_bytes, buffer_spilled=buffer.spilled, error=None)
             write_status(spec["status"], status)
             os.close(fd)
     finally:
@@ -216,6 +216,7 @@ def manifest_bytes(spec: dict) -> bytes:
                                                       f"it excluded? borgmatic needs read_special: true)")
         dump["bytes"], dump["sha256"] = result["bytes"], result["sha256"]
         dump["buffer_peak_bytes"] = result.get("buffer_peak_bytes")  # disk it took while borg lagged
+        dump["buffer_spilled"] = result.get("buffer_spilled")  # borg lagged more than SPILL_AFTER
         dump["borg_wait_seconds"] = round(result["first_opened"] - result["started"], 3)  # borg's start
         seconds.append(result["drained"] - result["started"])
     if seconds and "dump_seconds" in manifest:  # a streamed dump lasts until the drain has it all
