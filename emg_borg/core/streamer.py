@@ -129,7 +129,8 @@ def last_line(path: str) -> str:
 def fail(spec: dict, status: dict, error: str, fd: int | None, owner: Owner) -> int:
     """Record the failure, stop borg if it is reading (before it can see an end of file), close."""
     status.update(state="failed", error=error, ended=time.time())
-    write_status(spec["status"], status)
+    with contextlib.suppress(OSError):  # a status unwritable (full disk) must not keep borg from being stopped
+        write_status(spec["status"], status)
     if fd is not None:
         status["stopped_readers"] = stop_readers(spec["fifo"], ours=owner.ours)
         write_status(spec["status"], status)
