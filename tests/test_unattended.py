@@ -242,3 +242,28 @@ exec {REAL_BORG} "$@"
     assert borg_list(emg.repo) == []
     assert leftovers(emg) == []
     assert processes_of_this_test() == []
+
+
+def test_a_full_staging_disk_while_borg_is_late_fails_the_run_with_its_cause(emg, mariadb, tmp_path, monkeypatch):
+    """borg starts late, the dump's buffer spills and fills runtime_dir's file system (here a
+    3 MiB tmpfs): the run fails with the one line that says so, not with "borg did not read" (the
+    buffer gives its disk back, so the streamers can still record why), and no archive."""
+    filler(mariadb, emg.database, 8)
+    emg.runtime.mkdir(mode=0o700)
+    run(["mount", "-t", "tmpfs", "-o", "size=3m,mode=0700", "emg-borg-test-staging", str(emg.runtime)])
+    try:
+        fake_first_on_path(monkeypatch, tmp_path, "borg", f"""
+case " $* " in *" create "*) case " $* " in *" --dry-run "*) ;; *) sleep 12;; esac;; esac
+exec {REAL_BORG} "$@"
+""")
+        result = emg.borgmatic_create(check=False)
+        left_in_runtime = [str(p) for p in emg.runtime.rglob("*")]
+    finally:
+        run(["umount", str(emg.runtime)])
+    assert result.returncode != 0
+    [error] = emg_borg_errors(result)
+    assert "No space left on device writing the dump's buffer" in error, result.stderr
+    assert error.endswith("borg was stopped, no archive was made")
+    assert borg_list(emg.repo) == []
+    assert left_in_runtime == []
+    assert leftovers(emg) == []

@@ -116,8 +116,15 @@ class DumpBuffer:
                     self.peak_bytes = max(self.peak_bytes, self.held_bytes())
                     self.condition.notify_all()
         except OSError as error:
-            self.error = (f"{error.strerror or error} writing the dump's buffer {self.path} "
-                          f"({self.size} bytes drained, {self.size - self.served} not yet read by borg)")
+            with self.condition:
+                self.error = (f"{error.strerror or error} writing the dump's buffer {self.path} "
+                              f"({self.size} bytes drained, {self.size - self.served} not yet read by borg)")
+                self.condition.notify_all()
+            # The dump is lost: give its disk back at once, so that the streamers can still record
+            # why (their status files live on the same, full, file system). No reader is served
+            # from here on: `next_chunk` sees the error first.
+            with contextlib.suppress(OSError):
+                os.ftruncate(self.fd, 0)
             return False
         return True
 
