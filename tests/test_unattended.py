@@ -267,3 +267,37 @@ exec {REAL_BORG} "$@"
     assert borg_list(emg.repo) == []
     assert left_in_runtime == []
     assert leftovers(emg) == []
+
+
+def test_a_borgmatic_killed_while_its_borg_walks_the_tree_leaves_no_archive(emg, mariadb, tmp_path, monkeypatch):
+    """borgmatic is SIGKILLed while its borg create runs (before borg reaches emg-borg's pipes):
+    that borg lives on as an orphan. The streamers see borgmatic gone and stop it, so it cannot
+    commit an archive of the tree without the dump; the next run recovers everything."""
+    filler(mariadb, emg.database, 1)
+    ready = tmp_path / "borg-started"
+    fake_first_on_path(monkeypatch, tmp_path, "borg", f"""
+case " $* " in *" create "*) case " $* " in *" --dry-run "*) ;; *) touch {ready}; sleep 4;; esac;; esac
+exec {REAL_BORG} "$@"
+""")
+    emg.init_repo()
+    config = emg.borgmatic_config()
+    borgmatic = subprocess.Popen(["borgmatic", "--config", str(config), "create"], stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while not ready.exists():
+        assert borgmatic.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    time.sleep(1.5)  # the streamers have noted borgmatic's borg
+    borgmatic.kill()
+    borgmatic.wait()
+    deadline = time.monotonic() + 60
+    while processes_of_this_test():
+        assert time.monotonic() < deadline, processes_of_this_test()
+        time.sleep(0.2)
+    assert borg_list(emg.repo) == []  # the orphaned borg was stopped before it committed
+    monkeypatch.setenv("PATH", os.environ["PATH"].split(os.pathsep, 1)[1])
+    result = emg.borgmatic_create()
+    assert "found leftovers of an earlier run" in result.stderr + result.stdout
+    [archive] = borg_list(emg.repo)
+    assert_whole(*dump_of(emg, archive))
+    assert leftovers(emg) == []

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import time
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from emg_borg.core.files import write_private
 from emg_borg.core.named_pipe import readers, release_named, stop_readers, wait_for_reader
 
 SETTLE_SECONDS = 2.0
+LOOK_SECONDS = 0.5
 
 
 def write_status(path: str, status: dict) -> None:
@@ -41,6 +43,7 @@ class Owner:
     def __init__(self, pid: int, started: str | None):
         self.pid, self.started = pid, started
         self.known: set[int] = set()  # the run's readers seen so far, ours also once it is gone
+        self.borgs: dict[int, str | None] = {}  # the owner's borg processes seen, by start time
         self._descendant = proc.descends_from(pid)
 
     def gone(self) -> bool:
@@ -52,6 +55,22 @@ class Owner:
     def ours(self, pid: int) -> bool:
         """A reader to stop rather than merely leave without its pipe: the run's borg."""
         return pid in self.known or self.ancestor_of(pid)
+
+    def note_borgs(self) -> None:
+        """Remember the owner's borg children (by start time): a borgmatic that is killed leaves
+        its borg running, and that borg must not go on to archive the tree without the dump."""
+        for pid in proc.pids_matching(lambda name: name.startswith("borg")):
+            if proc.parent(pid) == self.pid and pid not in self.borgs:
+                self.borgs[pid] = proc.start_time(pid)
+
+    def stop_left_borgs(self) -> None:
+        """SIGTERM the borg processes the (now gone) owner left running: borg ends its create
+        without an archive."""
+        for pid, started in self.borgs.items():
+            if started is not None and proc.start_time(pid) == started:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGTERM)
+        self.borgs.clear()
 
 
 class Refused(Exception):
@@ -100,15 +119,20 @@ def release_orphans(spec: dict, ours) -> None:
 
 
 def watching(spec: dict, owner: Owner):
-    """`give_up` for a wait: the owner gone; meanwhile, about once a second, other streamers
-    of the run that died are noticed and their pipes released."""
+    """`give_up` for a wait: the owner gone (then the borg it left is stopped); meanwhile,
+    every LOOK_SECONDS, the owner's borg is noted, and other streamers of the run that died are
+    noticed and their pipes released."""
     next_look = [0.0]
 
     def give_up() -> bool:
-        if time.monotonic() >= next_look[0]:
-            next_look[0] = time.monotonic() + 1
+        gone = owner.gone()
+        if gone:
+            owner.stop_left_borgs()
+        elif time.monotonic() >= next_look[0]:
+            next_look[0] = time.monotonic() + LOOK_SECONDS
             release_orphans(spec, owner.ours)
-        return owner.gone()
+            owner.note_borgs()
+        return gone
     return give_up
 
 

@@ -139,8 +139,12 @@ def serve_reader(fd: int, buffer: DumpBuffer, spec: dict, owner: Owner) -> None:
             write_all(fd, data)
             buffer.passed(len(data))
             if time.monotonic() >= next_check:
+                if owner.gone():  # borgmatic was killed: its borg must not archive this dump
+                    raise RuntimeError(f"the run's borgmatic ended while borg read {spec['label']}")
                 check_readers(spec, owner, False)
                 next_check = time.monotonic() + READER_CHECK_SECONDS
+        if owner.gone():
+            raise RuntimeError(f"the run's borgmatic ended while borg read {spec['label']}")
         check_readers(spec, owner, False)  # the last look before the end of file
     finally:
         buffer.stop_reader()
@@ -277,6 +281,8 @@ def main(argv: list[str]) -> int:
         if code != 0:
             with contextlib.suppress(Exception):
                 refuse_readers(spec, owner)
+        if owner.gone():
+            owner.stop_left_borgs()
         release_pipe(spec["fifo"], path_fd, owner.ours)
     return code
 
