@@ -105,7 +105,7 @@ def test_a_dump_that_fails_while_it_streams_stops_borg_and_leaves_no_archive(how
     output = result.stdout + result.stderr
     assert result.returncode != 0
     errors = [line for line in result.stderr.splitlines() if line.startswith("emg-borg: error:")]
-    assert len(errors) == 1 and errors[0].count(words.format(db=emg.database)) == 1, output
+    assert len(errors) == 1 and errors[0].count(words.format(db=emg.database)) == 1, result.stderr + result.stdout
     assert "borg was stopped, no archive was made" in errors[0]
     # The dump's own streamer stopped borg inside the dump: borg never went on to the manifest (a
     # streamer that only closed its pipe would leave that to the manifest's, with borg listing

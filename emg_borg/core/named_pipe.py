@@ -24,8 +24,14 @@ def release_pipe(fifo: str, path_fd: int, ours=None) -> None:
     with contextlib.suppress(OSError):
         writer = os.open(f"/proc/self/fd/{path_fd}", os.O_WRONLY | os.O_NONBLOCK)
     if writer is not None:
-        stop_readers(fifo, os.fstat(path_fd), ours)
-        os.close(writer)
+        try:
+            # A reader woken from open() shows in /proc a moment later: look for it a while.
+            wanted, deadline = os.fstat(path_fd), time.monotonic() + 0.3
+            while not readers(fifo, wanted) and time.monotonic() < deadline:
+                time.sleep(0.01)
+            stop_readers(fifo, wanted, ours)
+        finally:
+            os.close(writer)
 
 
 def release_named(fifo: str, ours=None) -> None:

@@ -146,7 +146,17 @@ def spawn_streamer(runtime, ledger, name, spec, stdin, pass_fds=(), *, fifo=None
         )
     finally:
         log.close()
-    ledger.add(CORE, KIND, pgid=process.pid, leader_started=start_time(process.pid), fifo=fifo, label=name)
+    started = start_time(process.pid)
+    ledger.add(CORE, KIND, pgid=process.pid, leader_started=started, fifo=fifo, label=name)
+    # Its status at once: a streamer that dies before it writes one is still found by the others,
+    # which release its pipe (else a borg would wait on it for ever).
+    # Only where the streamer has not written its own yet (a link cannot replace a file).
+    first = Path(f"{spec['status']}.first")
+    write_private(first, json.dumps({"state": "waiting", "label": spec.get("label", "the manifest"), "pid": process.pid,
+                                     "pid_started": started, "fifo": spec["fifo"]}))
+    with contextlib.suppress(FileExistsError):
+        os.link(first, spec["status"])
+    first.unlink()
 
 
 def serve_manifest(runtime: RuntimeDir, ledger: Ledger, owner_pid: int, manifest: dict, fifo: Path,

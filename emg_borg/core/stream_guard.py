@@ -58,10 +58,18 @@ class Owner:
 
     def note_borgs(self) -> None:
         """Remember the owner's borg children (by start time): a borgmatic that is killed leaves
-        its borg running, and that borg must not go on to archive the tree without the dump."""
-        for pid in proc.pids_matching(lambda name: name.startswith("borg")):
-            if proc.parent(pid) == self.pid and pid not in self.borgs:
-                self.borgs[pid] = proc.start_time(pid)
+        its borg running, and that borg must not go on to archive the tree without the dump.
+        The owner's children come from /proc (one small file), not from a scan of every process."""
+        try:
+            with open(f"/proc/{self.pid}/task/{self.pid}/children") as f:
+                children = [int(pid) for pid in f.read().split()]
+        except (OSError, ValueError):
+            children = [pid for pid in proc.pids_matching(lambda name: name.startswith("borg"))
+                        if proc.parent(pid) == self.pid]
+        for pid in children:
+            started = proc.start_time(pid)
+            if proc.comm(pid).startswith("borg") and self.borgs.get(pid) != started:
+                self.borgs[pid] = started
 
     def stop_left_borgs(self) -> None:
         """SIGTERM the borg processes the (now gone) owner left running: borg ends its create
@@ -77,28 +85,37 @@ class Refused(Exception):
     """A reader that may not read the pipe: the run fails with this message."""
 
 
-def next_reader(fifo: str, give_up, previous: set[int]) -> tuple[int | None, set[int]]:
+def next_reader(fifo: str, give_up, previous: set[int], ours=None) -> tuple[int | None, set[int]]:
     """The write end of the pipe once a new reader has opened it, and who holds it; (None, ...)
-    when `give_up()` says so. A reader's descriptor shows in /proc only once its open() has
-    returned, a moment after this end opened; and the readers of the last session may still hold
-    their end (a borg reading its end of file): the write end stays open until a reader that is
-    not one of them shows (closing it would give a new reader an empty file)."""
+    when `give_up()` says so. The readers of the last session may still hold their end, with
+    bytes left to read: this end is not opened again until the run's own have let go (a writer
+    would keep them from their end of file), another process's for at most SETTLE_SECONDS. A
+    reader's descriptor shows in /proc only once its open() has returned, a moment after this
+    end opened: the write end stays open until a reader that was not there before shows
+    (closing it would give a new reader an empty file)."""
     deadline = time.monotonic() + SETTLE_SECONDS
-    while previous & set(readers(fifo)) and time.monotonic() < deadline and not give_up():
+    while not give_up():
+        held = previous & set(readers(fifo))
+        if not held or (time.monotonic() >= deadline and not any(ours(pid) for pid in held if ours)):
+            break
         time.sleep(0.05)
     fd = wait_for_reader(fifo, give_up)
     if fd is None:
         return None, set()
     pause = 0.002
-    while True:
-        holders = set(readers(fifo))
-        if holders - previous:
-            return fd, holders
-        if give_up():
+    try:
+        while True:
+            holders = set(readers(fifo))
+            if holders - previous:
+                fd, kept = -1, fd
+                return kept, holders
+            if give_up():
+                return None, set()
+            time.sleep(pause)
+            pause = min(pause * 2, 1.0)  # a /proc scan costs: back off while nothing new comes
+    finally:
+        if fd >= 0:
             os.close(fd)
-            return None, set()
-        time.sleep(pause)
-        pause = min(pause * 2, 0.1)
 
 
 def release_orphans(spec: dict, ours) -> None:
@@ -155,7 +172,7 @@ def refuse_readers(spec: dict, owner: Owner) -> None:
     another opener only loses the pipe."""
     give_up, previous = watching(spec, owner), set()
     while True:
-        fd, previous = next_reader(spec["fifo"], give_up, previous)
+        fd, previous = next_reader(spec["fifo"], give_up, previous, owner.ours)
         if fd is None:
             return
         owner.known |= {pid for pid in previous if owner.ancestor_of(pid)}

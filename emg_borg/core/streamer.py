@@ -165,7 +165,7 @@ def stream_dump(spec: dict, owner: Owner) -> int:
         while True:
             # A dump that failed before borg came still waits for it: borg is stopped inside the
             # dump's member, and never goes on to archive the rest without it.
-            fd, previous = next_reader(spec["fifo"], watching(spec, owner), previous)
+            fd, previous = next_reader(spec["fifo"], watching(spec, owner), previous, owner.ours)
             if fd is None:
                 if buffer.error is not None:
                     return fail(spec, status, buffer.error, None, owner)
@@ -234,7 +234,7 @@ def serve_manifest(spec: dict, owner: Owner) -> int:
     write_status(spec["status"], status)
     previous: set[int] = set()
     while True:
-        fd, previous = next_reader(spec["fifo"], watching(spec, owner), previous)
+        fd, previous = next_reader(spec["fifo"], watching(spec, owner), previous, owner.ours)
         if fd is None:
             if status["reads"]:
                 return 0

@@ -104,7 +104,12 @@ def release_backup(config, manager, *, force=False, repository=None, dry_run=Fal
     run.started = run.ledger.meta.get("started", run.started)
     # What the streamers recorded, before the release removes it: a dump that did not reach borg
     # whole. After a failed borg (on-error) a stream it never reached says nothing new.
-    run.failures.extend(stream.problems(run.runtime, unread=command == outcome.AFTER_BACKUP))
+    # A failure after-backup reported is not reported again by the on-error borgmatic runs next
+    # (when a release was incomplete, the ledger and the statuses are still there).
+    found = stream.problems(run.runtime, unread=command == outcome.AFTER_BACKUP)
+    reported = run.ledger.meta.get("reported", [])
+    run.failures.extend(problem for problem in found if problem not in reported)
+    run.ledger.meta["reported"] = list(dict.fromkeys([*reported, *found]))
     handed_to_borg = archive_check.expected_manifest(run) if command == outcome.AFTER_BACKUP else None
     with outcome.reported(run, command):
         release_and_unlock(run, lock)
