@@ -43,6 +43,32 @@ def borgmatic_create(emg, config, *extra, check=True):
     return run(["borgmatic", "--config", str(config), "create", *extra], check=check)
 
 
+def before_borg_create(monkeypatch, tmp_path, shell: str) -> None:
+    """A `borg` first on PATH that runs `shell` before every real `borg create` (not borgmatic's
+    `--dry-run` pass), then the real borg with the arguments as `shell` left them."""
+    fake_first_on_path(monkeypatch, tmp_path, "borg", f"""
+case " $* " in *" create "*) case " $* " in *" --dry-run "*) ;; *)
+{shell}
+;; esac;; esac
+exec {REAL_BORG} "$@"
+""")
+
+
+def borgmatic_in_borg_create(emg, tmp_path, monkeypatch, pause: float, output=subprocess.DEVNULL):
+    """`borgmatic create` started in the background, returned once its `borg create` has begun
+    (and waits `pause` seconds before the real borg runs)."""
+    ready = tmp_path / "borg-started"
+    before_borg_create(monkeypatch, tmp_path, f"touch {ready}; sleep {pause}")
+    emg.init_repo()
+    borgmatic = subprocess.Popen(["borgmatic", "--config", str(emg.borgmatic_config()), "create"], stdout=output,
+                                 stderr=output, text=True)
+    deadline = time.monotonic() + 60
+    while not ready.exists():
+        assert borgmatic.poll() is None and time.monotonic() < deadline, borgmatic.communicate()
+        time.sleep(0.05)
+    return borgmatic
+
+
 def emg_borg_errors(result) -> list[str]:
     return [line for line in result.stderr.splitlines() if line.startswith("emg-borg: error:")]
 
@@ -68,15 +94,12 @@ def test_a_retried_borg_create_archives_the_whole_dump(first, emg, mariadb, tmp_
     dump = emg.runtime / "staging" / "emg-borg" / "dumps" / "mysql" / f"{emg.database}.sql"
     # The scratch repository's target: the same arguments with the repository replaced.
     body = FIRST_ATTEMPT[first].format(real=REAL_BORG, scratch=tmp_path / "scratch.borg", dump=dump)
-    fake_first_on_path(monkeypatch, tmp_path, "borg", f"""
-case " $* " in *" create "*) case " $* " in *" --dry-run "*) ;; *)
+    before_borg_create(monkeypatch, tmp_path, f"""
   echo x >> {attempts}
   if [ "$(wc -l < {attempts})" = 1 ]; then
     set -- $(printf '%s\\n' "$@" | sed 's#^{emg.repo}::#{tmp_path / "scratch.borg"}::#')
     {body}
-  fi;; esac;; esac
-exec {REAL_BORG} "$@"
-""")
+  fi""")
     result = borgmatic_create(emg, config)
     assert attempts.read_text().count("x") == 2, result.stderr
     [archive] = borg_list(emg.repo)
@@ -96,15 +119,11 @@ def test_without_retries_a_second_borg_create_fails_at_once_and_never_waits(emg,
     run (here: a wrapper running borg twice) is refused with one line, not left waiting."""
     filler(mariadb, emg.database, 1)
     config = emg.borgmatic_config()
-    fake_first_on_path(monkeypatch, tmp_path, "borg", f"""
-case " $* " in *" create "*) case " $* " in *" --dry-run "*) ;; *)
+    before_borg_create(monkeypatch, tmp_path, f"""
   {REAL_BORG} init -e none {tmp_path / "scratch.borg"} >/dev/null 2>&1
   set -- $(printf '%s\\n' "$@" | sed 's#^{emg.repo}::#{tmp_path / "scratch.borg"}::#')
   {REAL_BORG} "$@" || exit $?
-  set -- $(printf '%s\\n' "$@" | sed 's#^{tmp_path / "scratch.borg"}::#{emg.repo}::#');;
-esac;; esac
-exec {REAL_BORG} "$@"
-""")
+  set -- $(printf '%s\\n' "$@" | sed 's#^{tmp_path / "scratch.borg"}::#{emg.repo}::#')""")
     started = time.monotonic()
     result = borgmatic_create(emg, config, check=False)
     assert time.monotonic() - started < 120
@@ -124,10 +143,7 @@ def test_a_borg_that_starts_reading_late_archives_the_whole_dump(emg, mariadb, t
     filler(mariadb, emg.database, 8)
     mariadb.sql("SET GLOBAL net_write_timeout = 10")
     try:
-        fake_first_on_path(monkeypatch, tmp_path, "borg", f"""
-case " $* " in *" create "*) case " $* " in *" --dry-run "*) ;; *) sleep 20;; esac;; esac
-exec {REAL_BORG} "$@"
-""")
+        before_borg_create(monkeypatch, tmp_path, "sleep 20")
         result = emg.borgmatic_create(check=False)
     finally:
         mariadb.sql("SET GLOBAL net_write_timeout = 60")
@@ -144,15 +160,7 @@ def test_another_process_reading_the_pipe_fails_the_run_with_one_line(emg, maria
     """A process outside the run's borgmatic (a scanner, another backup job) opens the dump's
     pipe and takes bytes: borg is stopped, no archive, one line naming the intruder."""
     filler(mariadb, emg.database, 2)
-    ready = tmp_path / "borg-ready"
-    fake_first_on_path(monkeypatch, tmp_path, "borg", f"""
-case " $* " in *" create "*) case " $* " in *" --dry-run "*) ;; *) touch {ready}; sleep 3;; esac;; esac
-exec {REAL_BORG} "$@"
-""")
-    emg.init_repo()
-    config = emg.borgmatic_config()
-    borgmatic = subprocess.Popen(["borgmatic", "--config", str(config), "create"], stdout=subprocess.PIPE,
-                                 stderr=subprocess.PIPE, text=True)
+    borgmatic = borgmatic_in_borg_create(emg, tmp_path, monkeypatch, 3, output=subprocess.PIPE)
     taken = []
 
     def intruder():
@@ -164,10 +172,6 @@ exec {REAL_BORG} "$@"
         finally:
             os.close(fd)
 
-    deadline = time.monotonic() + 60
-    while not ready.exists():
-        assert borgmatic.poll() is None and time.monotonic() < deadline, borgmatic.communicate()
-        time.sleep(0.05)
     reader = threading.Thread(target=intruder, daemon=True)
     reader.start()
     stdout, stderr = borgmatic.communicate(timeout=180)
@@ -189,10 +193,7 @@ def test_after_backup_fails_an_archive_whose_dump_is_shorter_than_the_manifest_s
     emg.config_path.write_text(emg.config_path.read_text().replace(
         "[backup]\n", '[backup]\nstream_dumps = "never"\n', 1))
     staged = emg.runtime / "staging" / "emg-borg" / "dumps" / "mysql" / f"{emg.database}.sql"
-    fake_first_on_path(monkeypatch, tmp_path, "borg", f"""
-case " $* " in *" create "*) case " $* " in *" --dry-run "*) ;; *) truncate -s -100 {staged};; esac;; esac
-exec {REAL_BORG} "$@"
-""")
+    before_borg_create(monkeypatch, tmp_path, f"truncate -s -100 {staged}")
     result = emg.borgmatic_create(check=False)
     assert result.returncode != 0
     [error] = emg_borg_errors(result)
@@ -227,12 +228,8 @@ def test_a_killed_streamer_leaves_no_borg_waiting_on_its_pipe(emg, mariadb, tmp_
     with one line and leaves nothing."""
     filler(mariadb, emg.database, 1)
     status = emg.runtime / "streams" / f"mysql-{emg.database}.sql.status.json"
-    fake_first_on_path(monkeypatch, tmp_path, "borg", f"""
-case " $* " in *" create "*) case " $* " in *" --dry-run "*) ;; *)
-  kill -9 $(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["pid"])' {status});;
-esac;; esac
-exec {REAL_BORG} "$@"
-""")
+    before_borg_create(monkeypatch, tmp_path, f"""
+  kill -9 $(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["pid"])' {status})""")
     started = time.monotonic()
     result = emg.borgmatic_create(check=False)
     assert time.monotonic() - started < 120
@@ -252,10 +249,7 @@ def test_a_full_staging_disk_while_borg_is_late_fails_the_run_with_its_cause(emg
     emg.runtime.mkdir(mode=0o700)
     run(["mount", "-t", "tmpfs", "-o", "size=3m,mode=0700", "emg-borg-test-staging", str(emg.runtime)])
     try:
-        fake_first_on_path(monkeypatch, tmp_path, "borg", f"""
-case " $* " in *" create "*) case " $* " in *" --dry-run "*) ;; *) sleep 12;; esac;; esac
-exec {REAL_BORG} "$@"
-""")
+        before_borg_create(monkeypatch, tmp_path, "sleep 12")
         result = emg.borgmatic_create(check=False)
         left_in_runtime = [str(p) for p in emg.runtime.rglob("*")]
     finally:
@@ -274,19 +268,7 @@ def test_a_borgmatic_killed_while_its_borg_walks_the_tree_leaves_no_archive(emg,
     that borg lives on as an orphan. The streamers see borgmatic gone and stop it, so it cannot
     commit an archive of the tree without the dump; the next run recovers everything."""
     filler(mariadb, emg.database, 1)
-    ready = tmp_path / "borg-started"
-    fake_first_on_path(monkeypatch, tmp_path, "borg", f"""
-case " $* " in *" create "*) case " $* " in *" --dry-run "*) ;; *) touch {ready}; sleep 4;; esac;; esac
-exec {REAL_BORG} "$@"
-""")
-    emg.init_repo()
-    config = emg.borgmatic_config()
-    borgmatic = subprocess.Popen(["borgmatic", "--config", str(config), "create"], stdout=subprocess.DEVNULL,
-                                 stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 60
-    while not ready.exists():
-        assert borgmatic.poll() is None and time.monotonic() < deadline
-        time.sleep(0.05)
+    borgmatic = borgmatic_in_borg_create(emg, tmp_path, monkeypatch, 4)
     time.sleep(1.5)  # the streamers have noted borgmatic's borg
     borgmatic.kill()
     borgmatic.wait()
