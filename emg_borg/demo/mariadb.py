@@ -31,7 +31,8 @@ def _binary(*names) -> str:
 class MariaDB:
     """Start with `start()`, stop with `stop()`; or use as a context manager."""
 
-    def __init__(self, base: Path, port: int | None = None, binlog: bool = True):
+    def __init__(self, base: Path, port: int | None = None, binlog: bool = True, server_id: int = 1,
+                 read_only: bool = False, buffer_pool: str = "64M"):
         self.base = Path(base)
         self.datadir = self.base / "data"
         self.socket = str(self.base / "mysqld.sock")
@@ -43,6 +44,9 @@ class MariaDB:
         self.errlog = self.base / "mysqld.err"
         self.port = port or free_port()
         self.binlog = binlog
+        self.server_id = server_id
+        self.read_only = read_only
+        self.buffer_pool = buffer_pool
         self.process: subprocess.Popen | None = None
 
     def start(self, timeout: float = 60) -> "MariaDB":
@@ -60,10 +64,13 @@ class MariaDB:
         argv = [
             _binary("mariadbd", "mysqld"), "--no-defaults", f"--datadir={self.datadir}", f"--socket={self.socket}",
             f"--port={self.port}", "--bind-address=127.0.0.1", "--user=root", f"--pid-file={self.pidfile}",
-            f"--log-error={self.errlog}", "--innodb-buffer-pool-size=64M", "--skip-name-resolve",
+            f"--log-error={self.errlog}", f"--innodb-buffer-pool-size={self.buffer_pool}", "--skip-name-resolve",
+            f"--server-id={self.server_id}",
         ]
         if self.binlog:
-            argv += ["--log-bin=binlog", "--server-id=1"]
+            argv += ["--log-bin=binlog"]
+        if self.read_only:
+            argv += ["--read-only"]
         self.process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -79,14 +86,55 @@ class MariaDB:
         self.stop()
         raise RuntimeError("mariadbd did not start in time")
 
-    def sql(self, statement: str, database: str | None = None, user: str = "root", password: str | None = None) -> str:
-        argv = [_binary("mariadb", "mysql"), "--no-defaults", f"--socket={self.socket}", f"--user={user}", "--batch", "--skip-column-names"]
+    def sql(self, statement: str, database: str | None = None, user: str = "root", password: str | None = None,
+            names: bool = False) -> str:
+        argv = [_binary("mariadb", "mysql"), "--no-defaults", f"--socket={self.socket}", f"--user={user}", "--batch"]
+        if not names:
+            argv.append("--skip-column-names")
         env = dict(os.environ)
         if password is not None:
             env["MYSQL_PWD"] = password  # test helper only; emg-borg itself never does this
         if database:
             argv.append(database)
         return subprocess.run(argv, input=statement, capture_output=True, text=True, check=True, env=env).stdout
+
+    def replicate_from(self, primary: "MariaDB", timeout: float = 60) -> "MariaDB":
+        """Make this server a GTID replica of `primary` (both started; `primary` with its binary
+        log) from the primary's first binary log on, and wait until both threads run."""
+        password = "emg-borg-repl-" + os.urandom(6).hex()
+        primary.sql(f"CREATE USER IF NOT EXISTS 'repl'@'127.0.0.1' IDENTIFIED BY '{password}';"
+                    f"ALTER USER 'repl'@'127.0.0.1' IDENTIFIED BY '{password}';"
+                    "GRANT REPLICATION SLAVE ON *.* TO 'repl'@'127.0.0.1';")
+        self.sql("STOP SLAVE; RESET SLAVE ALL; SET GLOBAL gtid_slave_pos = '';"
+                 f"CHANGE MASTER TO MASTER_HOST='127.0.0.1', MASTER_PORT={primary.port}, MASTER_USER='repl', "
+                 f"MASTER_PASSWORD='{password}', MASTER_USE_GTID=slave_pos, MASTER_CONNECT_RETRY=1; START SLAVE;")
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            status = self.replica_status()
+            if status.get("Slave_IO_Running") == "Yes" and status.get("Slave_SQL_Running") == "Yes":
+                return self
+            if status.get("Last_IO_Error") or status.get("Last_SQL_Error"):
+                raise RuntimeError(f"replication did not start: {status.get('Last_IO_Error') or status.get('Last_SQL_Error')}")
+            time.sleep(0.1)
+        raise RuntimeError("replication did not start in time")
+
+    def replica_status(self) -> dict:
+        """`SHOW SLAVE STATUS` as a dict (empty when this server is no replica)."""
+        out = self.sql("SHOW SLAVE STATUS\\G", names=True)
+        fields = {}
+        for line in out.splitlines():
+            name, sep, value = line.strip().partition(": ")
+            if sep:
+                fields[name] = value
+        return fields
+
+    def wait_caught_up(self, primary: "MariaDB", timeout: float = 60) -> str:
+        """Wait until this replica has applied everything `primary` has logged; its position."""
+        position = primary.sql("SELECT @@gtid_binlog_pos").strip()
+        reached = self.sql(f"SELECT MASTER_GTID_WAIT('{position}', {timeout})").strip()
+        if reached != "0":
+            raise RuntimeError(f"the replica did not reach {position} within {timeout} s: {self.replica_status()}")
+        return position
 
     def stop(self) -> None:
         if self.process is None:
