@@ -99,7 +99,9 @@ def emg_borg_release(run):
         dump.abort(run)
     finally:
         lock.close(run)
-    # Replication a killed run left stopped (the ledger says so): resumed by whoever releases next.
+    # What a killed run left (the ledger says so): its staged mysqldump is stopped, and
+    # replication it stopped is resumed, by whoever releases next.
+    dump.stop_left_dumps(run)
     replica.resume_left(run)
 
 

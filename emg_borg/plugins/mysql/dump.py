@@ -14,9 +14,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import signal
 import time
 
 from emg_borg.core.manifest import Dump
+from emg_borg.core.proc import kill_group_if, start_time
 from emg_borg.core.progress import PROGRESS, Throttle
 from emg_borg.core.dump_buffer import HEAD as HEAD_BYTES
 from emg_borg.core.streamer import head_problem
@@ -28,6 +30,8 @@ from emg_borg.plugins.mysql import replica
 from emg_borg.plugins.mysql.settings import NAME, REPLICA
 
 logger = logging.getLogger(__name__)
+
+DUMP_PROCESS = "dump-process"
 
 
 def prepare(run) -> None:
@@ -97,6 +101,9 @@ def launch(run, connection, settings, options: tuple, check, deadline: float) ->
         else:
             path, archive_path = run.dump_path(NAME, filename)
             dump = mysql.Dump(argv, path, (fd, *relay.pass_fds), settings.database)
+            # If this process is killed, the next release stops it (a streamed dump's streamer does).
+            state["dump_entry"] = run.ledger.add(NAME, DUMP_PROCESS, released_by="plugin", pgid=dump.process.pid,
+                                                 started=start_time(dump.process.pid))
     state["dump"] = (dump, archive_path, settings.database)
     checks = 0
     while (proof := _started(dump, watch, staged_file=not run.stream_dumps and checks % 10 == 9)) is None:
@@ -157,6 +164,7 @@ def finish(run) -> Dump | None:
         dump.abort()
         raise
     finally:
+        forget_dump_process(run)
         close_relay(run, wait=5)
     with open(dump.path, "rb") as staged:
         if problem := head_problem(staged.read(HEAD_BYTES), check):
@@ -172,8 +180,22 @@ def abort(run) -> None:
     if running is not None:
         with contextlib.suppress(Exception):
             running[0].abort()
+    forget_dump_process(run)
     close_relay(run)
     replica.release(run)
+
+
+def forget_dump_process(run) -> None:
+    entry = run.state(NAME).pop("dump_entry", None)
+    if entry is not None:
+        run.ledger.remove(entry)
+
+
+def stop_left_dumps(run) -> None:
+    """Stop the staged mysqldump of a run whose before-backup was killed (from the ledger)."""
+    for entry in run.ledger.of(NAME, DUMP_PROCESS):
+        kill_group_if(entry["pgid"], entry.get("started"), signal.SIGKILL)
+        run.ledger.remove(entry)
 
 
 def close_relay(run, wait: float = 0) -> None:
