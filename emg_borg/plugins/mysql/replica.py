@@ -140,7 +140,8 @@ def dump_source(run) -> dict:
     state = run.state(NAME)
     if state.get("dump_from") == "replica":
         return {"server": "replica", "replica": state["replica_settings"].describe(),
-                "gtid_position": state.get("replica_target")}
+                "gtid_position": state.get("replica_target"),
+                "replication_paused_ms": state.get("replication_paused_ms")}
     source = {"server": "primary"}
     if state.get("replica_fallback"):
         source["replica_fallback"] = state["replica_fallback"]
@@ -155,13 +156,14 @@ class Pause:
         self.run, self.connection, self.settings = run, connection, settings
         self.entry = run.ledger.add(NAME, KIND, released_by="plugin", server=settings.describe(),
                                     **_connection_fields(settings))
-        self.guard = None
+        self.guard, self.stopped = None, None
         try:
             self.guard = _start_guard(settings, run)
             self.entry.update(guard_pid=self.guard.pid, guard_started=start_time(self.guard.pid))
             run.ledger.save()
             with connection.cursor() as cursor:
                 cursor.execute("STOP SLAVE")
+            self.stopped = time.monotonic()
             logger.info("replication on %s stopped for the consistency point", settings.describe())
         except BaseException:
             self.close()
@@ -173,6 +175,8 @@ class Pause:
         if self.entry is None:
             return
         resume(self.connection, self.settings.describe())
+        if self.stopped is not None:
+            self.run.state(NAME)["replication_paused_ms"] = round((time.monotonic() - self.stopped) * 1000, 1)
         if self.guard is not None:
             with contextlib.suppress(OSError, ValueError):
                 self.guard.stdin.write(b"resumed\n")
