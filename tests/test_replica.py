@@ -20,7 +20,7 @@ import time
 
 import pytest
 
-from conftest import Emg, borg_cat, borg_list, dump_path, leftovers
+from conftest import TEST_MARK, Emg, borg_cat, borg_list, dump_path, leftovers
 from emg_borg.demo.mariadb import MariaDB
 from emg_borg.demo.sample import DB_PASSWORD, DB_USER, load_schema
 
@@ -364,4 +364,37 @@ def test_doctor_and_dry_run_show_the_replica_and_fail_on_a_wrong_one(tmp_path, m
         assert "not this primary (server id 1)" in the_error(result)
     finally:
         third.stop()
+    assert leftovers(emg) == []
+
+
+def test_the_replica_killed_while_paused_fails_the_run_and_replicates_again_once_back(tmp_path, mariadb, healthy,
+                                                                                    monkeypatch):
+    """The replica's server dies (SIGKILL) while replication is paused for the run: the run fails
+    with one line and leaves nothing; once the server is back, replication runs (MariaDB starts
+    it, or the next release resumes it from the ledger)."""
+    dump = wrapper(tmp_path, 'sleep 4; exec "$REAL" "$@"')
+    emg = replicated_emg(tmp_path, mariadb, healthy, before=f'[mysql]\nmysqldump = "{dump}"\nlock_timeout = 20\n\n')
+    process = start_before_backup(emg)
+    try:
+        wait_paused(healthy, process)
+        os.killpg(healthy.process.pid, signal.SIGKILL)
+        healthy.process.wait()
+        healthy.process = None
+        _, stderr = process.communicate(timeout=120)
+        assert process.returncode == 1
+        lines = [text for text in stderr.splitlines() if "error:" in text]
+        assert f"error: replica emguser@127.0.0.1:{healthy.port}/{emg.database}: Lost connection" in lines[0], stderr
+        # The replica could not be told to resume: said so, once, with who will.
+        assert lines[1:] == [] or (len(lines) == 2 and "is still stopped" in lines[1]
+                                   and "the next after-backup, on-error or before-backup resumes it" in lines[1]), stderr
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        if healthy.process is None:
+            with monkeypatch.context() as env:
+                env.delenv(TEST_MARK)  # the module's server, not this test's process
+                healthy.start()
+    emg.emg_borg("on-error", check=False)
+    assert wait_replicating(healthy), healthy.replica_status()
     assert leftovers(emg) == []
