@@ -78,6 +78,7 @@ def begin_on_replica(run) -> None:
     run.step = "bringing the replica to the consistency point"
     with replica.talking_to(name, run.step):
         replica.reach(connection, target, float(run.config[REPLICA]["max_wait"]), name)
+        replica.check_message_id(run, connection, name)
     run.step = "starting the dump on the replica"
     with replica.talking_to(name, run.step):
         launch(run, connection, settings, (), None, time.monotonic() + float(run.config["mysql"]["lock_timeout"]))
