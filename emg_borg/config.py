@@ -185,6 +185,7 @@ class Config:
     path: Path | None
     values: dict[str, dict[str, Any]]
     lines: _KeyLines = dataclasses.field(default_factory=lambda: _KeyLines(""), repr=False)
+    given: frozenset = frozenset()  # the tables the file has (a sub-table's presence may turn a feature on)
 
     def error(self, table: str, key: str, message: str) -> ConfigError:
         """A `ConfigError` about `[table] key`, naming the file and the key's line."""
@@ -213,6 +214,14 @@ def validate(data: dict, schema: Schema, path=None, text: str = "") -> Config:
     lines = _KeyLines(text)
     errors: list[ConfigError] = []
     values = schema.defaults()
+    given = set(data)
+    for table, entries in list(data.items()):
+        # `[db.replica]` parses as data["db"]["replica"]: a sub-table the schema declares as
+        # "db.replica" is checked as a table of its own.
+        for key, value in list(entries.items()) if isinstance(entries, dict) else ():
+            if f"{table}.{key}" in schema.tables and isinstance(value, dict):
+                data = {**data, table: {k: v for k, v in data[table].items() if k != key}, f"{table}.{key}": value}
+                given.add(f"{table}.{key}")
     for table, entries in data.items():
         options = schema.tables.get(table)
         if options is None:
@@ -234,7 +243,7 @@ def validate(data: dict, schema: Schema, path=None, text: str = "") -> Config:
                 values[table][key] = value
     if errors:
         raise errors[0] if len(errors) == 1 else ConfigErrors(errors)
-    return Config(Path(path) if path is not None else None, values, lines)
+    return Config(Path(path) if path is not None else None, values, lines, frozenset(given))
 
 
 def load(path, schema: Schema) -> Config:
@@ -265,14 +274,16 @@ def sample(schema: Schema) -> str:
     """A commented sample configuration showing every key with its default."""
     out = ["# emg-borg configuration. Every key is optional; the value shown is the default.", ""]
     for table, options in schema.tables.items():
-        out.append(f"[{table}]")
+        # A sub-table (`[db.replica]`) turns its feature on by being there: shown commented out.
+        off = "# " if "." in table else ""
+        out.append(f"{off}[{table}]")
         for key, option in options.items():
             out.extend(textwrap.wrap(option.help, 98, initial_indent="# ", subsequent_indent="# "))
             if option.default is None:
                 example = option.example or {str: '""', int: "0", bool: "true", list: "[]"}.get(option.type, '""')
                 out.append(f"# {key} = {example}")
             else:
-                out.append(f"{key} = {toml_value(option.default)}")
+                out.append(f"{off}{key} = {toml_value(option.default)}")
         out.append("")
     return "\n".join(out)
 

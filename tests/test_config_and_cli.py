@@ -159,8 +159,8 @@ def readme_defaults() -> dict[str, str]:
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
         if len(cells) < 3 or not cells[0].startswith("`["):
             continue
-        table = re.match(r"`\[(\w+)\] ", cells[0]).group(1)
-        for key in re.findall(r"`(?:\[\w+\] )?(\w+)`", cells[0]):
+        table = re.match(r"`\[([\w.]+)\] ", cells[0]).group(1)
+        for key in re.findall(r"`(?:\[[\w.]+\] )?(\w+)`", cells[0]):
             rows[f"{table}.{key}"] = cells[1]
     return rows
 

@@ -41,6 +41,7 @@ class BackupRun:
     freeze_deadline: float | None = None  # time.monotonic() by which the consistency point must end
     step: str = "start"  # what the run is doing (named when a bound is passed)
     warnings: list = dataclasses.field(default_factory=list)  # for the log and the manifest
+    notes: list = dataclasses.field(default_factory=list)  # what a preflight found fine, for `doctor`
     repository: str | None = None
     borgmatic_config: str | None = None  # its repositories are searched for an untrustworthy archive
     plugin_state: dict = dataclasses.field(default_factory=dict)  # per-plugin scratch space

@@ -10,6 +10,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import signal
 import subprocess
 import threading
 
@@ -124,8 +125,11 @@ class Dump:
         self._out = os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                                       0o600), "wb")
         try:
+            # A group of its own: whoever releases the run can stop it (and any wrapper's children)
+            # even after this process was killed.
             self.process = subprocess.Popen(
                 argv, stdout=self._out, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, pass_fds=pass_fds,
+                start_new_session=True,
             )
         except FileNotFoundError:
             self._out.close()
@@ -170,7 +174,8 @@ class Dump:
 
     def abort(self):
         if self.process.poll() is None:
-            self.process.kill()
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait()
         self._out.close()
 

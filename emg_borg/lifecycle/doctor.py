@@ -148,6 +148,7 @@ def plugin_checks(run, manager) -> list[Check]:
     checks: list[Check] = []
     for impl in reversed(manager.hook.emg_borg_preflight.get_hookimpls()):
         name = impl.plugin_name.rsplit(".", 1)[-1]
+        noted = len(run.notes)
         with warnings_as_checks(name, checks):
             try:
                 problems = impl.function(run=run)
@@ -156,6 +157,6 @@ def plugin_checks(run, manager) -> list[Check]:
             except Exception as error:  # noqa: BLE001 - a plugin's bug is its failed check
                 problems = [f"preflight raised {type(error).__name__}: {error}"]
         if problems is not None:
-            passed = [Check(name, OK, "preflight checks passed")]
+            passed = [Check(name, OK, note) for note in run.notes[noted:]] or [Check(name, OK, "preflight checks passed")]
             checks += [Check(name, FAIL, problem) for problem in problems] or passed
     return checks

@@ -99,6 +99,8 @@ def release_entries(run: BackupRun, providers: dict[str, SnapshotProvider], core
     through `core_release`. Each entry released is removed from the ledger; a failure is
     recorded in `run.release_errors` and the entry stays for the next run."""
     for entry in run.ledger.of():
+        if entry.get("released_by") == "plugin":
+            continue  # its plugin's `release` hook releases it (and reported it if it could not)
         owner = entry["owner"]
         release = core_release if owner == "core" else (providers[owner].release if owner in providers else None)
         if release is None:

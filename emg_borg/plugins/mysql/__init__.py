@@ -13,9 +13,9 @@ import shutil
 from emg_borg.errors import EmgBorgError
 from emg_borg.external import mysql as mysql_client
 from emg_borg.hookspecs import hookimpl
-from emg_borg.plugins.mysql import dump, lock, message_id
+from emg_borg.plugins.mysql import dump, lock, message_id, replica
 from emg_borg.plugins.mysql import restore as restoring
-from emg_borg.plugins.mysql.settings import NAME, TABLES, connection_settings, enabled, query_one
+from emg_borg.plugins.mysql.settings import NAME, TABLES, connection_settings, enabled, query_one, replica_given
 
 
 @hookimpl
@@ -38,6 +38,8 @@ def emg_borg_preflight(run):
     except EmgBorgError as error:
         return problems + [str(error)]
     try:
+        if replica_given(run.config):
+            problems += replica.decide(run, connection)
         if run.config["mysql"]["lock"] != "none" and not lock.has_reload(connection):
             problems.append(f"{settings.describe()}: the user lacks the RELOAD privilege needed for the global read lock")
         if not run.config["seqno"]["command"]:
@@ -93,8 +95,14 @@ def emg_borg_manifest_fields(run):
 @hookimpl
 def emg_borg_release(run):
     # The dump and connection live in the before-backup process only; on failure, stop them.
-    dump.abort(run)
-    lock.close(run)
+    try:
+        dump.abort(run)
+    finally:
+        lock.close(run)
+    # What a killed run left (the ledger says so): its staged mysqldump is stopped, and
+    # replication it stopped is resumed, by whoever releases next.
+    dump.stop_left_dumps(run)
+    replica.resume_left(run)
 
 
 @hookimpl

@@ -155,8 +155,12 @@ def binlog_position(connection) -> dict | None:
 
 
 def has_reload(connection) -> bool:
-    """Whether a global grant of the current user includes RELOAD (or ALL PRIVILEGES). A role
-    granted to the user may carry it too; then the lock itself will tell, so say yes."""
+    return has_privilege(connection, {"RELOAD"})
+
+
+def has_privilege(connection, wanted: set) -> bool:
+    """Whether a global grant of the current user includes one of `wanted` (or ALL PRIVILEGES). A
+    role granted to the user may carry it too; then the statement itself will tell, so say yes."""
     with connection.cursor() as cursor:
         cursor.execute("SHOW GRANTS FOR CURRENT_USER()")
         grants = [row[0] for row in cursor.fetchall()]
@@ -165,6 +169,6 @@ def has_reload(connection) -> bool:
     for grant in grants:
         match = re.match(r"GRANT (.+?) ON \*\.\* TO ", grant, re.IGNORECASE)
         privileges = {p.strip().upper() for p in match.group(1).split(",")} if match else set()
-        if privileges & {"RELOAD", "ALL PRIVILEGES", "ALL"}:
+        if privileges & (set(wanted) | {"ALL PRIVILEGES", "ALL"}):
             return True
     return False

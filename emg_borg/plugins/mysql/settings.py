@@ -13,6 +13,10 @@ DEFAULT_QUERY = "SELECT MAX(id) FROM routelog"
 # A freeze takes 20-70 ms here and under a second even on a busy Btrfs; 5 s is far above that,
 # yet below the time an SMSC or an application waits for EMG's answer before it gives up.
 MAX_FREEZE = 5
+# A replica that has not applied the primary's last minute within another minute is lagging far
+# more than a healthy one (usually well under a second) and would keep the run waiting.
+MAX_REPLICA_WAIT = 60
+REPLICA = "mysql.replica"
 
 TABLES = {
     "mysql": {
@@ -43,6 +47,24 @@ TABLES = {
         "mysqldump": Option(str, "mysqldump", "mysqldump command."),
         "mysql": Option(str, "mysql", "mysql client command (used to load dumps at restore)."),
     },
+    # Present in the file: the dump is taken on this replica, at the consistency point (replica.py).
+    "mysql.replica": {
+        "host": Option(str, None, "The replica's host; unset connection keys fall back to [mysql] (and server.cfg).",
+                       example='"10.0.0.12"'),
+        "port": Option(int, None, "The replica's TCP port.", check=tcp_port, example="3306"),
+        "socket": Option(str, None, "Connect to the replica through this Unix socket.",
+                         example='"/run/mysqld/replica.sock"'),
+        "user": Option(str, None, "User on the replica: needs SELECT, SHOW VIEW, TRIGGER, REPLICA MONITOR and "
+                       "REPLICATION SLAVE ADMIN (or SUPER).", example='"emgbackup"'),
+        "password_file": Option(str, None, "File holding the replica user's password (first line).",
+                                example='"/etc/emg-borg/replica-password"'),
+        "max_wait": Option((int, float), MAX_REPLICA_WAIT, "Seconds the replica may take to catch up with the "
+                           "primary, before and after the freeze; a replica further behind fails the run (or falls "
+                           "back, see fallback).", check=positive),
+        "fallback": Option(str, "fail", "When the replica is unfit (unreachable, stopped, broken, writable, another "
+                           "source, too far behind) before the freeze: fail the run, or dump on the primary as "
+                           "without a replica (logged, and recorded in the manifest).", choices=("fail", "primary")),
+    },
     "seqno": {
         "query": Option(str, DEFAULT_QUERY, "SQL that returns the current message id (when no [seqno] command is set)."),
     },
@@ -62,16 +84,7 @@ def connection_settings(config, layout) -> mysql.Connection:
     db = layout.db if layout is not None else None
     password = db.password if db else None
     if section["password_file"]:
-        path = Path(section["password_file"])
-        try:
-            mode = path.stat().st_mode
-            lines = path.read_text().splitlines()
-        except OSError as error:
-            raise config.error("mysql", "password_file", f"cannot read {path}: {error.strerror}")
-        if mode & 0o077:
-            raise config.error("mysql", "password_file", f"{path} can be read by others (mode {mode & 0o777:o}): "
-                               f"chmod 600 {path}")
-        password = lines[0] if lines else ""
+        password = read_password(config, "mysql", section["password_file"])
     database = section["database"] or (db.database if db else None)
     if not database:
         raise config.error("mysql", "database", "no database name: server.cfg has no DBPROFILE with DBNAME; set it here")
@@ -83,6 +96,42 @@ def connection_settings(config, layout) -> mysql.Connection:
         database=database,
         password=password,
     )
+
+
+def replica_given(config) -> bool:
+    return REPLICA in getattr(config, "given", ())
+
+
+def replica_settings(config, layout) -> mysql.Connection:
+    """The replica's connection: `[mysql.replica]`, each unset key the primary's."""
+    primary = connection_settings(config, layout)
+    section = config[REPLICA]
+    password = primary.password
+    if section["password_file"]:
+        password = read_password(config, REPLICA, section["password_file"])
+    tcp = section["host"] or section["port"]
+    return mysql.Connection(
+        host=section["host"] or primary.host,
+        port=section["port"] or primary.port,
+        # A replica given by host or port is reached by TCP, not through the primary's socket.
+        socket=section["socket"] or (None if tcp else primary.socket),
+        user=section["user"] or primary.user,
+        database=primary.database,
+        password=password,
+    )
+
+
+def read_password(config, table: str, filename: str) -> str:
+    path = Path(filename)
+    try:
+        mode = path.stat().st_mode
+        lines = path.read_text().splitlines()
+    except OSError as error:
+        raise config.error(table, "password_file", f"cannot read {path}: {error.strerror}")
+    if mode & 0o077:
+        raise config.error(table, "password_file", f"{path} can be read by others (mode {mode & 0o777:o}): "
+                           f"chmod 600 {path}")
+    return lines[0] if lines else ""
 
 
 def query_one(connection, sql, args=None):

@@ -1,0 +1,334 @@
+"""The dump taken on a GTID replica at exactly the consistency point (`[mysql.replica]`).
+
+Two real MariaDB servers: the session's primary (binary log on) and a read-only GTID replica of
+it started for this module. A writer inserts routelog rows on the primary without pause while
+backups run; the dump taken on the replica must end exactly at the message id read on the
+primary in the freeze, and the replica must replicate again after every run and every fault.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from conftest import Emg, borg_cat, borg_list, dump_path, leftovers
+from emg_borg.demo.mariadb import MariaDB
+from emg_borg.demo.sample import DB_PASSWORD, DB_USER
+
+pytestmark = [pytest.mark.e2e]
+
+FIRST_ID = 5_000_000
+
+
+@pytest.fixture(scope="module")
+def replica(mariadb, tmp_path_factory):
+    server = MariaDB(tmp_path_factory.mktemp("replica"), server_id=2, read_only=True)
+    try:
+        server.start()
+        server.replicate_from(mariadb)
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def healthy(replica, mariadb):
+    """The replica replicates, caught up, before and after the test (a test that broke it must
+    have seen emg-borg leave it as it found it; this puts it right for the next)."""
+    _restore_replication(replica, mariadb)
+    yield replica
+    _restore_replication(replica, mariadb)
+
+
+def _restore_replication(replica, primary):
+    replica.sql("STOP SLAVE; CHANGE MASTER TO MASTER_DELAY=0; START SLAVE;")
+    replica.wait_caught_up(primary)
+
+
+def replicating(replica) -> bool:
+    status = replica.replica_status()
+    return (status.get("Slave_IO_Running"), status.get("Slave_SQL_Running"), status.get("Until_Condition")) == \
+        ("Yes", "Yes", "None")
+
+
+def wait_replicating(replica, seconds=30) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if replicating(replica):
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def replicated_emg(tmp_path, primary, replica, extra="", before="") -> Emg:
+    """A sample installation whose database has reached the replica, configured to dump there."""
+    emg = Emg(tmp_path, primary, extra_config=before + replica_config(replica, extra))
+    replica.wait_caught_up(primary)
+    return emg
+
+
+def replica_config(replica, extra="") -> str:
+    return f'[mysql.replica]\nhost = "127.0.0.1"\nport = {replica.port}\n{extra}'
+
+
+class Writer:
+    """Inserts routelog rows on the primary as fast as it can, noting when each commit returned."""
+
+    def __init__(self, primary, database):
+        import pymysql
+
+        self.connection = pymysql.connect(host="127.0.0.1", port=primary.port, user=DB_USER, password=DB_PASSWORD,
+                                          database=database, autocommit=True)
+        self.stop, self.commits, self.next_id = threading.Event(), [], FIRST_ID
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def run(self):
+        with self.connection.cursor() as cursor:
+            while not self.stop.is_set():
+                self.next_id += 1
+                cursor.execute("INSERT INTO routelog (id, connector, sender, recipient, status) "
+                               "VALUES (%s, 'smpp1', '4670', '4671', 1)", (self.next_id,))
+                self.commits.append(time.monotonic())
+
+    def __enter__(self):
+        self.thread.start()
+        while not self.commits:
+            time.sleep(0.01)
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join()
+        self.connection.close()
+
+    def worst_gap(self, start: float, end: float) -> float:
+        times = [t for t in self.commits if start <= t <= end]
+        return max((b - a for a, b in zip(times, times[1:])), default=end - start)
+
+
+def newest_id_in_dump(dump: bytes) -> int:
+    ids = [int(i) for block in re.findall(rb"INSERT INTO `routelog` VALUES\s*(.*?);\n", dump, re.S)
+           for i in re.findall(rb"\((\d+),", block)]
+    return max(ids)
+
+
+def staged_dump(emg: Emg, manifest: dict) -> bytes:
+    return (emg.runtime / "staging" / dump_path(manifest)).read_bytes()
+
+
+def before_backup(emg: Emg) -> dict:
+    emg.emg_borg("before-backup")
+    return json.loads((emg.runtime / "staging" / "emg-borg" / "manifest.json").read_text())
+
+
+def dump_entry(manifest: dict) -> dict:
+    (entry,) = manifest["dumps"]
+    return entry
+
+
+def test_dumps_on_the_replica_end_exactly_at_the_message_id_under_load(tmp_path, mariadb, healthy):
+    """Six staged runs and one streamed through borgmatic, a writer inserting all along: each
+    dump, taken on the replica, ends exactly at the id read on the primary in the freeze; the
+    replica replicates again after each run; the manifest says which server and position."""
+    emg = replicated_emg(tmp_path, mariadb, healthy)
+    ids = []
+    with Writer(mariadb, emg.database):
+        for _ in range(6):
+            manifest = before_backup(emg)
+            ids.append(manifest["message_id"])
+            try:
+                entry = dump_entry(manifest)
+                assert entry["server"] == "replica" and entry["replica"].endswith(f"127.0.0.1:{healthy.port}/{emg.database}")
+                assert re.fullmatch(r"0-1-\d+", entry["gtid_position"])
+                assert newest_id_in_dump(staged_dump(emg, manifest)) == manifest["message_id"] > FIRST_ID
+                assert replicating(healthy)
+            finally:
+                emg.emg_borg("after-backup")
+        result = emg.borgmatic_create()
+        assert result.returncode == 0
+        (archive,) = borg_list(emg.repo)
+        manifest = json.loads(borg_cat(emg.repo, archive, "emg-borg/manifest.json"))
+        assert dump_entry(manifest)["transfer"] == "stream" and dump_entry(manifest)["server"] == "replica"
+        assert newest_id_in_dump(borg_cat(emg.repo, archive, dump_path(manifest))) == manifest["message_id"]
+    assert ids == sorted(set(ids)), "the writer went on between the runs"
+    assert replicating(healthy)
+    assert leftovers(emg) == []
+
+
+def the_error(result) -> str:
+    """The one error line emg-borg printed (and that there is exactly one)."""
+    lines = [line for line in result.stderr.splitlines() if "error:" in line]
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+def wrapper(tmp_path, body: str) -> str:
+    """A mysqldump wrapper running `body` (with "$REAL" the real mysqldump)."""
+    path = tmp_path / "mysqldump-wrapper"
+    path.write_text(f'#!/bin/bash\nREAL={shutil.which("mysqldump")}\n{body}\n')
+    path.chmod(0o755)
+    return str(path)
+
+
+def test_the_primary_s_writer_is_not_held_while_the_replica_catches_up(tmp_path, mariadb, healthy):
+    """A replica applying two seconds late: the run waits for it before and after the freeze,
+    while the writer on the primary goes on; only the freeze holds it, and the dump is still
+    exactly at the message id."""
+    emg = replicated_emg(tmp_path, mariadb, healthy)
+    healthy.sql("STOP SLAVE; CHANGE MASTER TO MASTER_DELAY=2; START SLAVE;")
+    with Writer(mariadb, emg.database) as writer:
+        time.sleep(0.5)
+        started = time.monotonic()
+        manifest = before_backup(emg)
+        ended = time.monotonic()
+        try:
+            assert newest_id_in_dump(staged_dump(emg, manifest)) == manifest["message_id"]
+            commits = [t for t in writer.commits if started <= t <= ended]
+        finally:
+            emg.emg_borg("after-backup")
+    took, worst = ended - started, writer.worst_gap(started, ended)
+    assert took > 3.5, "the replica's delay should have kept the run waiting"
+    assert len(commits) > 100 and worst < took / 3, (worst, took, manifest["freeze_window_ms"])
+    assert replicating(healthy)
+    assert leftovers(emg) == []
+
+
+UNFIT = {
+    # name: (what breaks the replica, what puts it right, the words of the one line)
+    "stopped": ("STOP SLAVE", "START SLAVE", "is stopped (IO thread No, SQL thread No)"),
+    "writable": ("SET GLOBAL read_only = 0", "SET GLOBAL read_only = 1", "is not read-only"),
+}
+
+
+@pytest.mark.parametrize("fault", sorted(UNFIT))
+def test_an_unfit_replica_fails_the_run_with_one_line_or_falls_back_to_the_primary(tmp_path, mariadb, healthy, fault):
+    breaks, mends, words = UNFIT[fault]
+    emg = replicated_emg(tmp_path, mariadb, healthy)
+    healthy.sql(breaks)
+    try:
+        before = healthy.replica_status()
+        result = emg.emg_borg("before-backup", check=False)
+        assert result.returncode == 1
+        assert words in the_error(result)
+        assert not (emg.runtime / "patterns").exists()
+        # Left as found: emg-borg does not start a replication the operator stopped.
+        assert healthy.replica_status()["Slave_SQL_Running"] == before["Slave_SQL_Running"]
+        emg.write_config(extra=replica_config(healthy, 'fallback = "primary"\n'))
+        result = emg.emg_borg("before-backup", check=False)
+        assert result.returncode == 0, result.stderr
+        assert "the dump is taken on the primary, not the replica" in result.stderr and words in result.stderr
+        manifest = json.loads((emg.runtime / "staging" / "emg-borg" / "manifest.json").read_text())
+        entry = dump_entry(manifest)
+        assert entry["server"] == "primary" and words in entry["replica_fallback"]
+        assert any("taken on the primary" in warning for warning in manifest["warnings"])
+        assert newest_id_in_dump(staged_dump(emg, manifest)) == manifest["message_id"]
+        emg.emg_borg("after-backup")
+    finally:
+        healthy.sql(mends)
+    assert leftovers(emg) == []
+
+
+def test_a_broken_replica_is_named_with_its_error(tmp_path, mariadb, healthy):
+    emg = replicated_emg(tmp_path, mariadb, healthy)
+    conflict = FIRST_ID - 7
+    healthy.sql(f"SET SESSION sql_log_bin = 0; INSERT INTO routelog (id) VALUES ({conflict})", emg.database)
+    mariadb.sql(f"INSERT INTO routelog (id) VALUES ({conflict})", emg.database)
+    deadline = time.monotonic() + 30
+    while healthy.replica_status().get("Slave_SQL_Running") != "No" and time.monotonic() < deadline:
+        time.sleep(0.1)
+    try:
+        result = emg.emg_borg("before-backup", check=False)
+        assert result.returncode == 1
+        line = the_error(result)
+        assert "is broken (IO thread Yes, SQL thread No)" in line and "Duplicate entry" in line
+    finally:
+        healthy.sql(f"DELETE FROM routelog WHERE id = {conflict}", emg.database)
+        healthy.sql("START SLAVE")
+    assert leftovers(emg) == []
+
+
+def test_a_replica_too_far_behind_fails_or_falls_back(tmp_path, mariadb, healthy):
+    emg = replicated_emg(tmp_path, mariadb, healthy, "max_wait = 1\n")
+    healthy.sql("STOP SLAVE; CHANGE MASTER TO MASTER_DELAY=30; START SLAVE;")
+    mariadb.sql(f"INSERT INTO routelog (id) VALUES ({FIRST_ID - 3})", emg.database)
+    result = emg.emg_borg("before-backup", check=False)
+    assert result.returncode == 1
+    assert "did not catch up with the primary" in the_error(result) and "max_wait (1 s)" in the_error(result)
+    assert replicating(healthy)  # never paused
+    emg.write_config(extra=replica_config(healthy, 'max_wait = 1\nfallback = "primary"\n'))
+    result = emg.emg_borg("before-backup", check=False)
+    assert result.returncode == 0, result.stderr
+    manifest = json.loads((emg.runtime / "staging" / "emg-borg" / "manifest.json").read_text())
+    assert dump_entry(manifest)["server"] == "primary"
+    assert "did not catch up" in dump_entry(manifest)["replica_fallback"]
+    emg.emg_borg("after-backup")
+    assert replicating(healthy)
+    assert leftovers(emg) == []
+
+
+def test_a_dump_killed_midway_on_the_replica_fails_the_run_and_replication_runs(tmp_path, mariadb, healthy):
+    dump = wrapper(tmp_path, '"$REAL" "$@" | head -c 2000; echo "mysqldump: Lost connection" >&2; exit 3')
+    emg = replicated_emg(tmp_path, mariadb, healthy, before=f'[mysql]\nmysqldump = "{dump}"\n\n')
+    result = emg.emg_borg("before-backup", check=False)
+    assert result.returncode == 1
+    assert "failed (exit 3): mysqldump: Lost connection" in the_error(result)
+    assert replicating(healthy)
+    assert leftovers(emg) == []
+
+
+def start_before_backup(emg: Emg) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "emg_borg", "-c", str(emg.config_path), "before-backup"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_paused(replica, process, seconds=30) -> None:
+    deadline = time.monotonic() + seconds
+    while replica.replica_status().get("Slave_SQL_Running") != "No":
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, "replication was never paused"
+        time.sleep(0.02)
+
+
+def paused_entry(emg: Emg) -> dict:
+    (entry,) = [e for e in json.loads((emg.runtime / "ledger.json").read_text())["entries"]
+                if e["kind"] == "replica-paused"]
+    return entry
+
+
+@pytest.mark.parametrize("guard", ["guard alive", "guard killed too"])
+def test_emg_borg_killed_while_replication_is_paused(tmp_path, mariadb, healthy, guard):
+    """SIGKILL of before-backup while the replica is stopped (its mysqldump slow to start): the
+    guard resumes replication at once; with the guard killed too, the next release (on-error)
+    resumes it from the ledger. Nothing is left behind."""
+    dump = wrapper(tmp_path, 'sleep 8; exec "$REAL" "$@"')
+    emg = replicated_emg(tmp_path, mariadb, healthy, before=f'[mysql]\nmysqldump = "{dump}"\nlock_timeout = 20\n\n')
+    process = start_before_backup(emg)
+    try:
+        wait_paused(healthy, process)
+        entry = paused_entry(emg)
+        if guard == "guard killed too":
+            os.kill(entry["guard_pid"], signal.SIGKILL)
+        process.kill()
+        process.wait()
+        if guard == "guard alive":
+            assert wait_replicating(healthy, 15), healthy.replica_status()
+        else:
+            time.sleep(1)
+            assert not replicating(healthy)
+        result = emg.emg_borg("on-error", check=False)
+        assert replicating(healthy), (result.stderr, healthy.replica_status())
+        assert not (emg.runtime / "ledger.json").exists()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert leftovers(emg) == []
