@@ -319,7 +319,7 @@ class RealSize:
         out = {"seconds": seconds, "repo": str(repo), "archive": archive, "dump": dump,
                "growth_bytes": archive_stats(self.env, repo, archive)["deduplicated_size"],
                "freeze_window_ms": manifest.get("freeze_window_ms"), "dump_seconds": manifest.get("dump_seconds"),
-               "dump_transfer": manifest.get("dump_transfer"), "dumped_from": manifest.get("database_server"),
+               "dump_transfer": manifest.get("dump_transfer"), "dumped_from": dump.get("server"),
                "calls_s": kinds, "warnings": [f"{c['name']} {c['args'][:30]} exited {c['rc']}" for c in calls if c["rc"]],
                "load": os.getloadavg()[0]}
         if writer:
@@ -461,6 +461,7 @@ def figures(replica: bool) -> list[tuple]:
             (None, "freeze_window_ms (manifest)", "ms", lambda r: rep(r) and rep(r)["freeze_window_ms"]),
             (None, "primary: writer's worst INSERT during the run", "ms", lambda r: rep(r) and ms(rep(r)["writer"]["worst_insert_s"])),
             (None, "primary: writer's worst gap between commits", "ms", lambda r: rep(r) and ms(rep(r)["writer"]["worst_gap_s"])),
+            (None, "dumped from (manifest: the dump's server)", "", lambda r: rep(r) and rep(r)["dumped_from"]),
             (None, "replica's SQL thread after the run", "", lambda r: rep(r) and rep(r)["replica_sql_running"]),
         ]
     split = lambda r: r["split"]  # noqa: E731
