@@ -21,8 +21,9 @@ table:
              rate; mysqldump > a file; `borg create` of that file alone into a new repository
              (borg's chunking, compression, encryption, writing) and again with the files cache
              off (chunking and hashing only, nothing new stored); `mysqldump | borg create -` (a
-             plain pipe, emg-borg's streaming without emg-borg); the file carried through
-             emg-borg's DumpBuffer (as the streamer does) vs. through `cat`.
+             plain pipe: streaming without emg-borg) and the same with emg-borg's DumpBuffer in
+             between, used as the streamer uses it; the file through the DumpBuffer alone (into
+             `cat`) vs. through `cat | cat`.
   backups    `borgmatic create` with borgmatic-example.yaml as emg-borg ships it (dump streamed),
              into one new repository: `first` with a busy writer inserting into routelog all along
              (one INSERT every ~20 ms; its worst INSERT and its worst gap between commits, and
@@ -43,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import fcntl
 import json
 import os
 import platform
@@ -58,8 +60,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.run import bench_env, call_kind, example_yaml, log, read_calls, run, start  # noqa: E402
 from benchmarks.soak import Writer  # noqa: E402  (the soak's busy writer: timed INSERTs into routelog)
-from emg_borg.core.dump_buffer import DumpBuffer  # noqa: E402
+from emg_borg.core.dump_buffer import CHUNK, DumpBuffer  # noqa: E402
 from emg_borg.core.named_pipe import write_all  # noqa: E402
+from emg_borg.core.streamer import F_SETPIPE_SZ  # noqa: E402
 from emg_borg.demo import mariadb, sample  # noqa: E402
 from emg_borg.external.mysql import mysqldump_argv  # noqa: E402
 
@@ -94,8 +97,16 @@ def row_values(new_id: str) -> str:
             f"FROM_UNIXTIME(1764547200 + FLOOR({i} * 0.26) + CRC32(CONCAT('j', {i})) % 7)")  # ~10M rows a month
 
 
+def sql(server: mariadb.MariaDB, statement: str) -> str:
+    """`statement` on the `emg` database; a failure says the server's error."""
+    try:
+        return server.sql(statement, DB)
+    except subprocess.CalledProcessError as error:
+        raise RuntimeError(f"{statement[:300]}: {error.stderr.strip()}") from None
+
+
 def count_rows(server: mariadb.MariaDB) -> tuple[int, int]:
-    count, highest = server.sql("SELECT COUNT(*), COALESCE(MAX(id), 0) FROM routelog", DB).split()
+    count, highest = sql(server, "SELECT COUNT(*), COALESCE(MAX(id), 0) FROM routelog").split()
     return int(count), int(highest)
 
 
@@ -107,14 +118,14 @@ def grow_routelog(server: mariadb.MariaDB, target: int) -> int:
     statements = 0
     if have == 0:
         have = min(target, SEED_ROWS)
-        server.sql(f"INSERT INTO routelog {COLUMNS} SELECT {row_values('seq')} FROM seq_1_to_{have}", DB)
+        sql(server, f"INSERT INTO routelog {COLUMNS} SELECT {row_values('seq')} FROM seq_1_to_{have}")
         statements += 1
     while have < target:
         step = min(have, target - have)
         for low in range(0, step, ROWS_A_STATEMENT):
             high = min(step, low + ROWS_A_STATEMENT)
-            server.sql(f"INSERT INTO routelog {COLUMNS} SELECT {row_values(f'id + {have}')} FROM routelog "
-                       f"WHERE id > {low} AND id <= {high}", DB)
+            sql(server, f"INSERT INTO routelog {COLUMNS} SELECT {row_values(f'id + {have}')} FROM routelog "
+                        f"WHERE id > {low} AND id <= {high}")
             statements += 1
         have += step
     return statements
@@ -122,12 +133,12 @@ def grow_routelog(server: mariadb.MariaDB, target: int) -> int:
 
 def update_rows(server: mariadb.MariaDB, where: str) -> int:
     """Flip the status of the rows `where` selects (a delivery report's change); how many."""
-    out = server.sql(f"UPDATE routelog SET status = IF(status = 0, 5, 0) WHERE {where}; SELECT ROW_COUNT();", DB)
+    out = sql(server, f"UPDATE routelog SET status = IF(status = 0, 5, 0) WHERE {where}; SELECT ROW_COUNT();")
     return int(out.split()[-1])
 
 
 def table_bytes(server: mariadb.MariaDB) -> int:
-    server.sql("ANALYZE TABLE routelog", DB)  # the statistics information_schema reports
+    sql(server, "ANALYZE TABLE routelog")  # the statistics information_schema reports
     return int(server.sql("SELECT DATA_LENGTH + INDEX_LENGTH FROM information_schema.TABLES "
                           f"WHERE TABLE_SCHEMA = '{DB}' AND TABLE_NAME = 'routelog'").strip())
 
@@ -163,17 +174,20 @@ def timed_to(argv, out, env=None, stdin=None) -> float:
     return time.perf_counter() - t0
 
 
-def through_buffer(path: Path, buffer_path: Path) -> float:
-    """Seconds to carry the file at `path` through emg-borg's DumpBuffer the way the streamer does
-    (a drain thread: pipe -> buffer file, hashed; this thread: buffer -> pipe, punching out what was
-    read) into `cat > /dev/null`."""
+def through_buffer(source_argv, sink_argv, buffer_path: Path, env=None) -> float:
+    """Seconds for `source_argv | (emg-borg's DumpBuffer) | sink_argv`, the buffer used the way the
+    streamer uses it: a drain thread reads the producer's pipe (enlarged to one read, as the
+    streamer does) into the buffer file, hashing it; this thread serves the buffer into the sink's
+    pipe, punching out what was read."""
     t0 = time.perf_counter()
-    with subprocess.Popen(["cat", str(path)], stdout=subprocess.PIPE) as source, \
-            subprocess.Popen(["cat"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL) as sink:
+    with subprocess.Popen([str(a) for a in source_argv], stdout=subprocess.PIPE) as source, \
+            subprocess.Popen([str(a) for a in sink_argv], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                             env=env) as sink:
+        fcntl.fcntl(source.stdout.fileno(), F_SETPIPE_SZ, CHUNK)
         buffer = DumpBuffer(str(buffer_path), keep=False)
-        drain = threading.Thread(target=lambda: buffer.finish(None if buffer.drain(source.stdout.fileno(), threading.Event())
-                                                              else buffer.error))
-        drain.start()
+        drained = threading.Thread(target=lambda: buffer.finish(
+            None if buffer.drain(source.stdout.fileno(), threading.Event()) else buffer.error))
+        drained.start()
         buffer.start_reader()
         while (data := buffer.next_chunk(0.5)) != b"":
             if buffer.error:
@@ -181,9 +195,11 @@ def through_buffer(path: Path, buffer_path: Path) -> float:
             if data:
                 write_all(sink.stdin.fileno(), data)
                 buffer.passed(len(data))
-        drain.join()
+        drained.join()
         buffer.close()
         sink.stdin.close()
+    if source.returncode or sink.returncode:
+        raise RuntimeError(f"{source_argv[0]} exited {source.returncode}, {sink_argv[0]} exited {sink.returncode}")
     return time.perf_counter() - t0
 
 
@@ -263,7 +279,7 @@ class RealSize:
             rec["replica"] = self.replica_backup(rows)
         newest = rec["backups"]["newest"]
         rec["restore"] = self.restore(newest["repo"], newest["archive"], newest["dump"])
-        for name in ("primary", "replica", "bare", "pipe"):
+        for name in ("primary", "replica", "bare", "pipe", "buffered"):
             shutil.rmtree(self.work / f"repo-{name}-{rows}", ignore_errors=True)
         shutil.rmtree(self.work / "borg-base", ignore_errors=True)
         return rec
@@ -294,11 +310,15 @@ class RealSize:
         out["pipe_s"] = time.perf_counter() - t0
         if dump.returncode != 0:
             raise RuntimeError(f"mysqldump | borg create -: mysqldump exited {dump.returncode}")
-        out["dump_buffer_s"] = through_buffer(staged, w / "buffer")
+        buffered_repo = w / f"repo-buffered-{rows}"
+        run(["borg", "init", "--encryption=repokey-blake2", buffered_repo], env)
+        out["pipe_buffered_s"] = through_buffer(self.mysqldump, ["borg", "create", f"{buffered_repo}::pipe", "-"],
+                                                w / "buffer", env)
+        out["dump_buffer_s"] = through_buffer(["cat", staged], ["cat"], w / "buffer")
         out["cat_s"] = timed_to(["sh", "-c", 'cat "$1" | cat', "sh", staged], os.devnull)
         out["load"] = os.getloadavg()[0]
         log(f"split {rows}: borg create of the file {out['borg_create_file_s']:.1f} s, again {out['borg_create_again_s']:.1f} s, "
-            f"pipe {out['pipe_s']:.1f} s, DumpBuffer {out['dump_buffer_s']:.1f} s vs cat {out['cat_s']:.1f} s")
+            f"pipe {out['pipe_s']:.1f} s, through the DumpBuffer {out['pipe_buffered_s']:.1f} s, DumpBuffer {out['dump_buffer_s']:.1f} s vs cat {out['cat_s']:.1f} s")
         staged.unlink()
         read_calls(self.call_log)
         return out
@@ -474,7 +494,8 @@ def figures(replica: bool) -> list[tuple]:
         (None, "  rate", "MiB/s", lambda r: rate(split(r)["dump_bytes"], split(r)["borg_create_file_s"])),
         (None, "borg create of it again, files cache off (chunk + hash)", "s", lambda r: split(r)["borg_create_again_s"]),
         (None, "mysqldump | borg create - (a plain pipe)", "s", lambda r: split(r)["pipe_s"]),
-        (None, "the file through emg-borg's DumpBuffer", "s", lambda r: split(r)["dump_buffer_s"]),
+        (None, "mysqldump | emg-borg's DumpBuffer | borg create -", "s", lambda r: split(r)["pipe_buffered_s"]),
+        (None, "the file through the DumpBuffer alone (into cat)", "s", lambda r: split(r)["dump_buffer_s"]),
         (None, "  rate", "MiB/s", lambda r: rate(split(r)["dump_bytes"], split(r)["dump_buffer_s"])),
         (None, "the file through cat | cat", "s", lambda r: split(r)["cat_s"]),
         (None, "the full run (first, above)", "s", lambda r: first(r)["seconds"]),

@@ -42,6 +42,10 @@ class MariaDB:
             self.socket = os.path.join(self._socket_dir, "mysqld.sock")
         self.pidfile = self.base / "mysqld.pid"
         self.errlog = self.base / "mysqld.err"
+        # Its own temporary files (the on-disk temporary tables of a large INSERT ... SELECT) in
+        # its own directory: in a shared /tmp, some other process removed them mid-statement
+        # ("Error on delete of '/tmp/#sql-temptable-...MAI' (Errcode: 2)").
+        self.tmpdir = self.base / "tmp"
         self.port = port or free_port()
         self.binlog = binlog
         self.server_id = server_id
@@ -51,6 +55,7 @@ class MariaDB:
 
     def start(self, timeout: float = 60) -> "MariaDB":
         self.base.mkdir(parents=True, exist_ok=True)
+        self.tmpdir.mkdir(exist_ok=True)
         if not self.datadir.exists():
             installed = subprocess.run(
                 [_binary("mariadb-install-db", "mysql_install_db"), "--no-defaults", f"--datadir={self.datadir}",
@@ -65,7 +70,7 @@ class MariaDB:
             _binary("mariadbd", "mysqld"), "--no-defaults", f"--datadir={self.datadir}", f"--socket={self.socket}",
             f"--port={self.port}", "--bind-address=127.0.0.1", "--user=root", f"--pid-file={self.pidfile}",
             f"--log-error={self.errlog}", f"--innodb-buffer-pool-size={self.buffer_pool}", "--skip-name-resolve",
-            f"--server-id={self.server_id}",
+            f"--server-id={self.server_id}", f"--tmpdir={self.tmpdir}",
         ]
         if self.binlog:
             argv += ["--log-bin=binlog"]
