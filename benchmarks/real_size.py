@@ -3,6 +3,7 @@
 
     python3 benchmarks/real_size.py [--rows 1000000,10000000] [--replica] [--buffer-pool 1G] [--json] [--save FILE]
     python3 benchmarks/real_size.py --rows 100000                  # a quick smoke run
+    python3 benchmarks/real_size.py --report FILE                  # the table again from a --save
 
 Builds, in its own temporary directory (prefix `emgbench-real-`, removed with the daemons it
 started, also on failure): a sample EMG tree (a small live spool, snapshot provider `none`: this
@@ -503,7 +504,7 @@ def figures(replica: bool) -> list[tuple]:
         (None, "  its mysqldump (inside, overlapping borg create)", "s", lambda r: inside(first(r), "mysqldump")),
         (None, "  emg-borg before-backup", "s", lambda r: inside(first(r), "emg-borg before-backup")),
         (None, "  emg-borg after-backup", "s", lambda r: inside(first(r), "emg-borg after-backup")),
-        (None, "    of which naming the archive (borg list, borg extract)", "s",
+        (None, "    of which checking the archive (borg list, extract)", "s",
          lambda r: (inside(first(r), "borg list") or 0) + (inside(first(r), "borg extract") or 0)),
         (None, "  borgmatic itself (outside wrapped calls) + borg --version", "s",
          lambda r: outside(first(r)) + (inside(first(r), "borg --version") or 0)),
@@ -592,7 +593,11 @@ def main() -> int:
     parser.add_argument("--replica", action="store_true", help="also back up from a GTID replica ([mysql.replica])")
     parser.add_argument("--buffer-pool", default="1G", help="innodb_buffer_pool_size of each server (default %(default)s)")
     parser.add_argument("--save", metavar="FILE", help="also write the JSON document to FILE")
+    parser.add_argument("--report", metavar="FILE", help="only print the table of the JSON document in FILE (--save)")
     args = start(parser, "runtime_dir must be root's")
+    if args.report:
+        print_table(json.loads(Path(args.report).read_text()))
+        return 0
     sizes = [int(x.replace("_", "")) for x in args.rows.split(",")]
     if sizes != sorted(sizes):
         parser.error("--rows: sizes grow the same table: give them smallest first")
