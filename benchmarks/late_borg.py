@@ -219,13 +219,7 @@ def main() -> int:
             }
         finally:
             work.cleanup()
-    if args.save:
-        Path(args.save).write_text(json.dumps(summary, indent=2) + "\n")
-    if args.json:
-        print(json.dumps(summary, indent=2))
-    else:
-        print_table(summary)
-    return 0
+    return bench.output(summary, args, print_table)
 
 
 if __name__ == "__main__":

@@ -59,7 +59,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.run import bench_env, call_kind, example_yaml, log, read_calls, run, start  # noqa: E402
+from benchmarks.run import bench_env, call_kind, example_yaml, log, output, read_calls, run, start  # noqa: E402
 from benchmarks.soak import Writer  # noqa: E402  (the soak's busy writer: timed INSERTs into routelog)
 from emg_borg.core.dump_buffer import CHUNK, DumpBuffer  # noqa: E402
 from emg_borg.core.named_pipe import write_all  # noqa: E402
@@ -402,7 +402,8 @@ class RealSize:
 
     def cleanup(self) -> None:
         for cfg in self.configs:
-            subprocess.run(["emg-borg", "-q", "-c", str(cfg), "on-error", "--force"], env=self.env, capture_output=True)
+            subprocess.run(["emg-borg", "-q", "-c", str(cfg), "on-error", "--force"], env=self.env, capture_output=True,
+                           check=False)
         for server in (self.scratch, self.replica, self.primary):
             if server:
                 server.stop()
@@ -576,8 +577,9 @@ def print_table(summary: dict) -> None:
 
 
 def machine(bench: RealSize) -> dict:
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
-    memory = next(int(line.split()[1]) for line in open("/proc/meminfo") if line.startswith("MemTotal"))
+    cpuinfo, meminfo = Path("/proc/cpuinfo").read_text(), Path("/proc/meminfo").read_text()
+    cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")), "?")
+    memory = next(int(line.split()[1]) for line in meminfo.splitlines() if line.startswith("MemTotal"))
     return {"cores": os.cpu_count(), "cpu": cpu, "memory_gib": memory / 2**20, "kernel": platform.release(),
             "python": platform.python_version(),
             "disk": run(["findmnt", "-n", "-o", "SOURCE,FSTYPE", "-T", str(bench.work)]).stdout.strip(),
@@ -615,13 +617,7 @@ def main() -> int:
             log(f"disk at the end: {df(bench.work)}")
         finally:
             bench.cleanup()
-    if args.save:
-        Path(args.save).write_text(json.dumps(summary, indent=2) + "\n")
-    if args.json:
-        print(json.dumps(summary, indent=2))
-    else:
-        print_table(summary)
-    return 0
+    return output(summary, args, print_table)
 
 
 if __name__ == "__main__":

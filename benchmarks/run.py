@@ -566,6 +566,18 @@ def start(parser: argparse.ArgumentParser, root_for: str) -> argparse.Namespace:
     return args
 
 
+def output(summary: dict, args, print_table) -> int:
+    """A benchmark's end: the summary written to --save FILE (when the benchmark has it), then
+    printed as JSON (--json) or as its table."""
+    if getattr(args, "save", None):
+        Path(args.save).write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    if args.json:
+        print(json.dumps(summary, indent=2, default=str))
+    else:
+        print_table(summary)
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--files", type=int, default=20000, help="spool files (default %(default)s)")
@@ -585,11 +597,7 @@ def main() -> int:
             summary = summarize(bench, rounds, time.perf_counter() - started)
         finally:
             bench.cleanup()
-    if args.json:
-        print(json.dumps(summary, indent=2, default=str))
-    else:
-        print_table(summary)
-    return 0
+    return output(summary, args, print_table)
 
 
 if __name__ == "__main__":
