@@ -4,6 +4,7 @@ borgmatic as a user would."""
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import itertools
@@ -64,13 +65,13 @@ def pytest_collection_modifyitems(config, items):
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
-@pytest.fixture(scope="session")
-def mariadb(tmp_path_factory):
-    """One MariaDB per session, and under pytest-xdist one per worker: each in a directory of its
-    worker's own base temp dir, so with its own datadir and socket, on a free TCP port. Two
-    workers can be handed the same free port at once; the one that loses gets another."""
+@contextlib.contextmanager
+def started_mariadb(tmp_path_factory, **options):
+    """A throwaway MariaDB (`options` as for `MariaDB`) in a directory of its own, stopped on
+    leaving, also when the test fails. Two pytest-xdist workers can be handed the same free port
+    at once; the one that loses gets another."""
     for attempt in range(3):
-        server = mariadb_module.MariaDB(tmp_path_factory.mktemp("mariadb"))
+        server = mariadb_module.MariaDB(tmp_path_factory.mktemp("mariadb"), **options)
         try:
             server.start()
             break
@@ -82,6 +83,14 @@ def mariadb(tmp_path_factory):
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def mariadb(tmp_path_factory):
+    """One MariaDB per session, and under pytest-xdist one per worker: each in a directory of its
+    worker's own base temp dir, so with its own datadir and socket, on a free TCP port."""
+    with started_mariadb(tmp_path_factory) as server:
+        yield server
 
 
 def set_borg_environment(monkeypatch, tmp_path_factory) -> None:

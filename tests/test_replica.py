@@ -20,9 +20,9 @@ import time
 
 import pytest
 
-from conftest import Emg, borg_cat, borg_list, dump_path, leftovers
+from conftest import TEST_MARK, Emg, borg_cat, borg_list, dump_path, leftovers
 from emg_borg.demo.mariadb import MariaDB
-from emg_borg.demo.sample import DB_PASSWORD, DB_USER
+from emg_borg.demo.sample import DB_PASSWORD, DB_USER, load_schema
 
 pytestmark = [pytest.mark.e2e]
 
@@ -148,7 +148,7 @@ def test_dumps_on_the_replica_end_exactly_at_the_message_id_under_load(tmp_path,
             try:
                 entry = dump_entry(manifest)
                 assert entry["server"] == "replica" and entry["replica"].endswith(f"127.0.0.1:{healthy.port}/{emg.database}")
-                assert re.fullmatch(r"0-1-\d+", entry["gtid_position"])
+                assert re.fullmatch(r"0-1-\d+", entry["gtid_position"]) and entry["replication_paused_ms"] > 0
                 assert newest_id_in_dump(staged_dump(emg, manifest)) == manifest["message_id"] > FIRST_ID
                 assert replicating(healthy)
             finally:
@@ -169,6 +169,10 @@ def the_error(result) -> str:
     lines = [line for line in result.stderr.splitlines() if "error:" in line]
     assert len(lines) == 1, result.stderr
     return lines[0]
+
+
+# mysqldump that waits before it starts, in one process (no child left when it is killed).
+SLOW_START = f'exec {sys.executable} -c "import os, sys, time; time.sleep({{seconds}}); os.execv(sys.argv[1], sys.argv[1:])" "$REAL" "$@"'
 
 
 def wrapper(tmp_path, body: str) -> str:
@@ -251,7 +255,7 @@ def test_a_broken_replica_is_named_with_its_error(tmp_path, mariadb, healthy):
         line = the_error(result)
         assert "is broken (IO thread Yes, SQL thread No)" in line and "Duplicate entry" in line
     finally:
-        healthy.sql(f"DELETE FROM routelog WHERE id = {conflict}", emg.database)
+        healthy.sql(f"SET SESSION sql_log_bin = 0; DELETE FROM routelog WHERE id = {conflict}", emg.database)
         healthy.sql("START SLAVE")
     assert leftovers(emg) == []
 
@@ -309,7 +313,7 @@ def test_emg_borg_killed_while_replication_is_paused(tmp_path, mariadb, healthy,
     """SIGKILL of before-backup while the replica is stopped (its mysqldump slow to start): the
     guard resumes replication at once; with the guard killed too, the next release (on-error)
     resumes it from the ledger. Nothing is left behind."""
-    dump = wrapper(tmp_path, 'sleep 8; exec "$REAL" "$@"')
+    dump = wrapper(tmp_path, SLOW_START.format(seconds=8))
     emg = replicated_emg(tmp_path, mariadb, healthy, before=f'[mysql]\nmysqldump = "{dump}"\nlock_timeout = 20\n\n')
     process = start_before_backup(emg)
     try:
@@ -331,4 +335,75 @@ def test_emg_borg_killed_while_replication_is_paused(tmp_path, mariadb, healthy,
         if process.poll() is None:
             process.kill()
             process.wait()
+    assert leftovers(emg) == []
+
+
+def test_doctor_and_dry_run_show_the_replica_and_fail_on_a_wrong_one(tmp_path, mariadb, healthy):
+    emg = replicated_emg(tmp_path, mariadb, healthy)
+    result = emg.emg_borg("doctor", check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    assert f"the dump is taken on replica emguser@127.0.0.1:{healthy.port}/{emg.database}, replicating from " \
+           f"127.0.0.1:{mariadb.port} (server id 1) by GTID, read-only" in out
+    assert re.search(r"replica at GTID 0-1-\d+, primary at 0-1-\d+: \d+ transaction\(s\) behind, \d+ s lag", out)
+    result = emg.emg_borg("before-backup", "--dry-run", check=False)
+    assert result.returncode == 0 and "the dump is taken on replica" in result.stderr
+    # The primary named as its own replica, and a server replicating another source.
+    emg.write_config(extra=f'[mysql.replica]\nhost = "127.0.0.1"\nport = {mariadb.port}\n')
+    result = emg.emg_borg("doctor", check=False)
+    assert result.returncode == 1 and "reaches the primary itself" in result.stdout
+    third = MariaDB(tmp_path / "third", server_id=3, read_only=True)
+    try:
+        third.start()
+        load_schema(third, rows=0, database=emg.database)  # the database and the EMG user
+        emg.write_config(extra=f'[mysql.replica]\nsocket = "{third.socket}"\n')
+        result = emg.emg_borg("doctor", check=False)
+        assert result.returncode == 1 and "is not a replica (SHOW SLAVE STATUS is empty)" in result.stdout
+        third.replicate_from(healthy)
+        healthy.wait_caught_up(mariadb)
+        third.wait_caught_up(healthy)
+        result = emg.emg_borg("before-backup", check=False)
+        assert result.returncode == 1
+        assert "replicates another source (server id 2 at 127.0.0.1:" in the_error(result)
+        assert "not this primary (server id 1)" in the_error(result)
+    finally:
+        third.stop()
+    assert leftovers(emg) == []
+
+
+def test_the_replica_killed_while_paused_fails_the_run_and_replicates_again_once_back(tmp_path, mariadb, healthy,
+                                                                                    monkeypatch):
+    """The replica's server dies (SIGKILL) while replication is paused for the run: the run fails
+    with one line and leaves nothing; once the server is back, replication runs (MariaDB starts
+    it, or the next release resumes it from the ledger)."""
+    dump = wrapper(tmp_path, SLOW_START.format(seconds=4))
+    emg = replicated_emg(tmp_path, mariadb, healthy, before=f'[mysql]\nmysqldump = "{dump}"\nlock_timeout = 20\n\n')
+    process = start_before_backup(emg)
+    try:
+        wait_paused(healthy, process)
+        os.killpg(healthy.process.pid, signal.SIGKILL)
+        healthy.process.wait()
+        healthy.process = None
+        _, stderr = process.communicate(timeout=120)
+        assert process.returncode == 1
+        lines = [text for text in stderr.splitlines() if "error:" in text]
+        # Depending on the moment: lost while bringing it to the position, or mysqldump cannot connect.
+        assert re.search(rf"error: (replica emguser@127.0.0.1:{healthy.port}/{emg.database}: Lost connection|"
+                         rf"mysqldump's connection to the server failed: .*127.0.0.1:{healthy.port}\): Connection refused)",
+                         lines[0]), stderr
+        # The replica could not be told to resume: said so, once, with who will.
+        assert lines[1:] == [] or (len(lines) == 2 and "is still stopped" in lines[1]
+                                   and "the next after-backup, on-error or before-backup resumes it" in lines[1]), stderr
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        if healthy.process is None:
+            with monkeypatch.context() as env:
+                env.delenv(TEST_MARK)  # the module's server, not this test's process
+                healthy.start()
+    result = emg.emg_borg("on-error", check=False)
+    status = healthy.replica_status()
+    assert wait_replicating(healthy), (result.stderr, {key: status.get(key) for key in (
+        "Slave_IO_Running", "Slave_SQL_Running", "Until_Condition", "Last_IO_Error", "Last_SQL_Error")})
     assert leftovers(emg) == []

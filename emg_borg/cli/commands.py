@@ -53,6 +53,8 @@ def before_backup(args, manager) -> int:
             logger.info("  %-11s %s", root["category"], root["path"])
         if result["dump_transfer"] and result["database"]:
             logger.info("%s", transfer.describe(result["dump_transfer"] == "stream", result["dump_transfer_reason"]))
+        for note in result["notes"]:
+            logger.info("%s", note)
     if args.json:
         print_json(result)
     if args.dry_run:

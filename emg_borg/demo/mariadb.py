@@ -42,10 +42,6 @@ class MariaDB:
             self.socket = os.path.join(self._socket_dir, "mysqld.sock")
         self.pidfile = self.base / "mysqld.pid"
         self.errlog = self.base / "mysqld.err"
-        # Its own temporary files (the on-disk temporary tables of a large INSERT ... SELECT) in
-        # its own directory: in a shared /tmp, some other process removed them mid-statement
-        # ("Error on delete of '/tmp/#sql-temptable-...MAI' (Errcode: 2)").
-        self.tmpdir = self.base / "tmp"
         self.port = port or free_port()
         self.binlog = binlog
         self.server_id = server_id
@@ -55,11 +51,14 @@ class MariaDB:
 
     def start(self, timeout: float = 60) -> "MariaDB":
         self.base.mkdir(parents=True, exist_ok=True)
-        self.tmpdir.mkdir(exist_ok=True)
+        # Its own temporary directory: servers bootstrapping at once in a shared /tmp were seen to
+        # remove each other's temporary tables.
+        tmpdir = self.base / "tmp"
+        tmpdir.mkdir(exist_ok=True)
         if not self.datadir.exists():
             installed = subprocess.run(
                 [_binary("mariadb-install-db", "mysql_install_db"), "--no-defaults", f"--datadir={self.datadir}",
-                 "--user=root", "--auth-root-authentication-method=normal", "--skip-test-db"],
+                 "--user=root", "--auth-root-authentication-method=normal", "--skip-test-db", f"--tmpdir={tmpdir}"],
                 capture_output=True, text=True,
             )
             if installed.returncode != 0:
@@ -69,13 +68,14 @@ class MariaDB:
         argv = [
             _binary("mariadbd", "mysqld"), "--no-defaults", f"--datadir={self.datadir}", f"--socket={self.socket}",
             f"--port={self.port}", "--bind-address=127.0.0.1", "--user=root", f"--pid-file={self.pidfile}",
-            f"--log-error={self.errlog}", f"--innodb-buffer-pool-size={self.buffer_pool}", "--skip-name-resolve",
-            f"--server-id={self.server_id}", f"--tmpdir={self.tmpdir}",
+            f"--log-error={self.errlog}", f"--innodb-buffer-pool-size={self.buffer_pool}", "--skip-name-resolve", f"--tmpdir={tmpdir}",
+            f"--server-id={self.server_id}",
         ]
         if self.binlog:
             argv += ["--log-bin=binlog"]
         if self.read_only:
-            argv += ["--read-only"]
+            # A replica as MariaDB advises: crash-safe (its relay log rebuilt after a crash).
+            argv += ["--read-only", "--relay-log=relay-bin", "--relay-log-recovery"]
         self.process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

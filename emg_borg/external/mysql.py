@@ -7,6 +7,7 @@ as `--defaults-extra-file=/dev/fd/N` (the way borgmatic does it), and PyMySQL ge
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import dataclasses
 import logging
 import os
@@ -125,11 +126,12 @@ class Dump:
         self._out = os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                                       0o600), "wb")
         try:
-            # A group of its own: whoever releases the run can stop it (and any wrapper's children)
-            # even after this process was killed.
+            # A group of its own, recorded in the ledger: whoever releases the run can stop it (and
+            # any wrapper's children) even after this process was killed; and killed with this
+            # process, it dies too (the moment between its start and the ledger's record).
             self.process = subprocess.Popen(
                 argv, stdout=self._out, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, pass_fds=pass_fds,
-                start_new_session=True,
+                start_new_session=True, preexec_fn=_die_with_parent,
             )
         except FileNotFoundError:
             self._out.close()
@@ -178,6 +180,18 @@ class Dump:
                 os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait()
         self._out.close()
+
+
+_PR_SET_PDEATHSIG = 1
+try:  # resolved before any fork: the child only calls it
+    _prctl = ctypes.CDLL(None, use_errno=True).prctl
+except (OSError, AttributeError):  # pragma: no cover - not Linux
+    _prctl = None
+
+
+def _die_with_parent() -> None:
+    if _prctl is not None:
+        _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def _ends_with_footer(path, footer: bytes) -> bool:

@@ -282,4 +282,5 @@ def plan_summary(run: BackupRun) -> dict:
         "dump_transfer": ("stream" if run.stream_dumps else "staged") if "database" in run.categories else None,
         "dump_transfer_reason": run.transfer_reason or None,
         "patterns_file": str(run.runtime.patterns),
+        "notes": list(run.notes),  # what the plugins' checks found, e.g. the replica the dump is taken on
     }

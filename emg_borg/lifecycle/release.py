@@ -41,6 +41,8 @@ def release_resources(run: BackupRun) -> None:
     for impl in reversed(run.hook.emg_borg_release.get_hookimpls()):
         try:
             impl.function(run=run)
+        except EmgBorgError as error:
+            run.release_errors.append(f"plugin {impl.plugin_name}: {error}")
         except Exception as error:  # noqa: BLE001 - one plugin's failure must not stop the others
             run.release_errors.append(f"plugin {impl.plugin_name}: {type(error).__name__}: {error}")
     providers.release_entries(run, known, _release_core)

@@ -74,14 +74,17 @@ def begin_on_replica(run) -> None:
     there, and resume replication at once."""
     state = run.state(NAME)
     target, connection, settings = state["replica_target"], state["replica_connection"], state["replica_settings"]
+    name = settings.describe()
     run.step = "bringing the replica to the consistency point"
-    replica.reach(connection, target, float(run.config[REPLICA]["max_wait"]), settings.describe())
+    with replica.talking_to(name, run.step):
+        replica.reach(connection, target, float(run.config[REPLICA]["max_wait"]), name)
     run.step = "starting the dump on the replica"
-    launch(run, connection, settings, (), None, time.monotonic() + float(run.config["mysql"]["lock_timeout"]))
-    replica.check_at(connection, target, settings.describe())
+    with replica.talking_to(name, run.step):
+        launch(run, connection, settings, (), None, time.monotonic() + float(run.config["mysql"]["lock_timeout"]))
+        replica.check_at(connection, target, name)
+    replica.release(run)
     if run.stream_dumps:
         state["dump"][0].carry()
-    replica.release(run)
 
 
 def launch(run, connection, settings, options: tuple, check, deadline: float) -> None:

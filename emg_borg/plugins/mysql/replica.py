@@ -29,7 +29,8 @@ from emg_borg.core.proc import kill_group_if, start_time
 from emg_borg.errors import EmgBorgError
 from emg_borg.external import mysql
 from emg_borg.plugins.mysql import replica_guard
-from emg_borg.plugins.mysql.replica_state import behind, describe, error_text, gtid_position, problems, reached, slave_status
+from emg_borg.plugins.mysql.replica_state import (behind, describe, error_text, gtid_position, problems, reached,
+                                                  slave_status, talking_to)
 from emg_borg.plugins.mysql.settings import NAME, REPLICA, query_one, replica_settings
 
 logger = logging.getLogger(__name__)
@@ -100,18 +101,24 @@ def prepare(run, primary):
     try:
         connection = state["replica_connection"] = mysql.connect(settings)
         state["replica_settings"] = settings
-        if query_one(connection, "SELECT GET_LOCK(%s, %s)", (replica_guard.LOCK, max_wait))[0] != 1:
-            raise ReplicaUnfit(f"replica {settings.describe()} is paused by another emg-borg run (its lock "
-                               f"{replica_guard.LOCK} was not free within {max_wait:g} s)")
-        took = catch_up(connection, primary, max_wait, settings.describe())
-        logger.info("replica %s caught up with the primary in %.2f s", settings.describe(), took)
-        return settings
+        with talking_to(settings.describe(), "waiting for it to catch up"):
+            return _lock_and_catch_up(connection, primary, settings, max_wait)
     except EmgBorgError as error:
         release(run)
         if run.config[REPLICA]["fallback"] != "primary":
             raise
         fall_back(run, str(error))
         return state["settings"]
+
+
+def _lock_and_catch_up(connection, primary, settings, max_wait: float):
+    """Hold the replica's named lock (one run at a time pauses it), then wait for it to catch up."""
+    if query_one(connection, "SELECT GET_LOCK(%s, %s)", (replica_guard.LOCK, max_wait))[0] != 1:
+        raise ReplicaUnfit(f"replica {settings.describe()} is paused by another emg-borg run (its lock "
+                           f"{replica_guard.LOCK} was not free within {max_wait:g} s)")
+    took = catch_up(connection, primary, max_wait, settings.describe())
+    logger.info("replica %s caught up with the primary in %.2f s", settings.describe(), took)
+    return settings
 
 
 def pause(run) -> None:
@@ -140,7 +147,8 @@ def dump_source(run) -> dict:
     state = run.state(NAME)
     if state.get("dump_from") == "replica":
         return {"server": "replica", "replica": state["replica_settings"].describe(),
-                "gtid_position": state.get("replica_target")}
+                "gtid_position": state.get("replica_target"),
+                "replication_paused_ms": state.get("replication_paused_ms")}
     source = {"server": "primary"}
     if state.get("replica_fallback"):
         source["replica_fallback"] = state["replica_fallback"]
@@ -155,13 +163,14 @@ class Pause:
         self.run, self.connection, self.settings = run, connection, settings
         self.entry = run.ledger.add(NAME, KIND, released_by="plugin", server=settings.describe(),
                                     **_connection_fields(settings))
-        self.guard = None
+        self.guard, self.stopped = None, None
         try:
             self.guard = _start_guard(settings, run)
             self.entry.update(guard_pid=self.guard.pid, guard_started=start_time(self.guard.pid))
             run.ledger.save()
-            with connection.cursor() as cursor:
+            with talking_to(settings.describe(), "stopping its replication"), connection.cursor() as cursor:
                 cursor.execute("STOP SLAVE")
+            self.stopped = time.monotonic()
             logger.info("replication on %s stopped for the consistency point", settings.describe())
         except BaseException:
             self.close()
@@ -172,7 +181,26 @@ class Pause:
         entry stay: the guard tries again, and so does the next release."""
         if self.entry is None:
             return
-        resume(self.connection, self.settings.describe())
+        name = self.settings.describe()
+        try:
+            resume(self.connection, name)
+        except Exception:  # noqa: BLE001 - the held connection may be lost: try a new one
+            try:
+                with talking_to(name, "resuming its replication"):
+                    fresh = mysql.connect(self.settings, connect_timeout=5)
+                    try:
+                        resume(fresh, name)
+                    finally:
+                        fresh.close()
+            except EmgBorgError as error:
+                if self.guard is not None:
+                    with contextlib.suppress(OSError, ValueError):
+                        self.guard.stdin.close()  # without "resumed": the guard takes over
+                raise EmgBorgError(f"replication on {name} is still stopped ({error}); the guard tries again for "
+                                   f"{replica_guard.RETRY_SECONDS} s, and the next after-backup, on-error or "
+                                   "before-backup resumes it") from None
+        if self.stopped is not None:
+            self.run.state(NAME)["replication_paused_ms"] = round((time.monotonic() - self.stopped) * 1000, 1)
         if self.guard is not None:
             with contextlib.suppress(OSError, ValueError):
                 self.guard.stdin.write(b"resumed\n")

@@ -3,6 +3,9 @@ could not give the dump (`problems`, run by the preflight and by `doctor`)."""
 
 from __future__ import annotations
 
+import contextlib
+
+from emg_borg.errors import EmgBorgError
 from emg_borg.plugins.mysql.lock import has_privilege
 from emg_borg.plugins.mysql.settings import REPLICA, query_one
 
@@ -96,3 +99,14 @@ def describe(replica, primary, settings) -> list[str]:
 def error_text(error) -> str:
     args = getattr(error, "args", ())
     return str(args[1]) if len(args) > 1 else str(error)
+
+
+@contextlib.contextmanager
+def talking_to(name: str, doing: str):
+    """A server error while talking to the replica becomes one line naming it and the step."""
+    import pymysql
+
+    try:
+        yield
+    except pymysql.err.MySQLError as error:
+        raise EmgBorgError(f"replica {name}: {error_text(error) or type(error).__name__} while {doing}") from None

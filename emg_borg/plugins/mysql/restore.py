@@ -57,13 +57,20 @@ def load_into(config, settings: mysql.Connection, dump_path, connection) -> int:
 
 def live_message_id(restore) -> int | None:
     """The live database's highest id of this node; None when the database or its table is
-    absent or empty. A database that cannot be read raises: the restore must not guess."""
+    absent or empty. A database that cannot be read raises: the restore must not guess.
+
+    The live database is the archived DB profile's, or the server `[mysql]` names instead: after
+    a promotion, the former replica (the archived profile names the dead primary)."""
     settings = connection_settings(restore.config, restore.layout)
     try:
         connection = server_connection(settings)
     except EmgBorgError as error:
-        raise EmgBorgError(f"cannot read the live database's highest message id: {error}")
+        moved = "" if overridden(restore.config) else (
+            "; if the database now runs elsewhere (a promoted replica), name it in [mysql] host and port (or "
+            "socket) of the emg-borg configuration")
+        raise EmgBorgError(f"cannot read the live database's highest message id: {error}{moved}")
     try:
+        note_server(restore, settings, connection)
         if not table_count(connection, settings.database):
             logger.info("live database %s does not exist or is empty: no live message id", settings.database)
             return None
@@ -83,6 +90,42 @@ def live_message_id(restore) -> int | None:
         connection.close()
 
 
+LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
+
+
+def overridden(config) -> bool:
+    return any(config["mysql"][key] for key in ("host", "port", "socket"))
+
+
+def note_server(restore, settings: mysql.Connection, connection) -> None:
+    """What emgd will meet on the live database: server.cfg (emgd's, restored as archived) may
+    name another server than the one `[mysql]` named for the restore (the dead primary, the
+    promoted replica being the live one); and a replica not promoted yet is read-only."""
+    db = restore.layout.db
+    if db is not None and overridden(restore.config) and not same_server(db, settings):
+        cfg = restore.live(restore.layout.server_cfg)
+        state = "restored" if "config" in restore.categories else "as archived"
+        restore.todo(f"server.cfg's DB profile {db.label} ({cfg}, {state}) names {db.host or 'localhost'}:"
+                     f"{db.port or 3306}, but the live database is {settings.describe()} ([mysql] of "
+                     f"{restore.config.path}): point the profile's HOST and PORT at it before starting emgd, or emgd "
+                     f"connects to the old server")
+    if int(query_one(connection, "SELECT @@GLOBAL.read_only")[0]):
+        restore.todo(f"the live database {settings.describe()} is read-only (a replica not promoted yet?): emgd "
+                     f"cannot write to it. Promote it (STOP SLAVE; RESET SLAVE ALL; SET GLOBAL read_only = 0, and "
+                     f"read_only off in its configuration) before starting emgd")
+
+
+def same_server(db, settings: mysql.Connection) -> bool:
+    """Whether the DB profile's HOST/PORT and the connection used reach the same server, as far
+    as names tell: a socket is the local server's, and the profile's local names are alike."""
+    local = (db.host or "localhost") in LOCAL_HOSTS
+    if settings.socket:
+        return local
+    here = (settings.host or "localhost") in LOCAL_HOSTS
+    same_host = (local and here) or settings.host == db.host
+    return same_host and (settings.port or 3306) == (db.port or 3306)
+
+
 def restore_dump(restore, dump) -> None:
     """Check at once (refusing a non-empty database without --force-database), load last."""
     settings = connection_settings(restore.config, restore.layout)
@@ -92,8 +135,11 @@ def restore_dump(restore, dump) -> None:
         if restore.load_database:
             raise
         logger.warning("database not restored: %s", error)
+        moved = "" if overridden(restore.config) else (
+            " (but if the database now runs elsewhere, a promoted replica, load nothing: name it in [mysql] host "
+            "and port and restore again)")
         restore.todo(f"load the database dump once MySQL runs: emg-borg restore --archive {restore.archive.name} "
-                     f"--categories database --database")
+                     f"--categories database --database{moved}")
         return
     try:
         tables = table_count(connection, settings.database)

@@ -22,7 +22,8 @@ TABLES = {
     "mysql": {
         "enabled": Option(bool, None, "Dump the EMG database; default: when server.cfg has a MySQL DB profile.",
                           example="true"),
-        "host": Option(str, None, "Override the DB profile's HOST.", example='"127.0.0.1"'),
+        "host": Option(str, None, "Override the DB profile's HOST (at restore too: after a promotion, name the "
+                       "promoted replica here and in server.cfg).", example='"127.0.0.1"'),
         "port": Option(int, None, "Override the DB profile's PORT.", check=tcp_port, example="3306"),
         "socket": Option(str, None, "Connect through this Unix socket instead of TCP.",
                          example='"/run/mysqld/mysqld.sock"'),
