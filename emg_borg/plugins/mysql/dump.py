@@ -114,7 +114,8 @@ def launch(run, connection, settings, options: tuple, check, deadline: float) ->
         checks += 1
         if time.monotonic() > deadline:
             dump.abort()
-            raise EmgBorgError("mysqldump did not begin its transaction within [mysql] lock_timeout")
+            raise EmgBorgError(f"mysqldump on {settings.describe()} did not begin its transaction within [mysql] "
+                               f"lock_timeout ({run.config['mysql']['lock_timeout']:g} s)")
         time.sleep(0.002)
     if run.stream_dumps and (failure := dump.failure()):
         raise CommandError(failure)

@@ -68,7 +68,7 @@ class Pause:
         except Exception:  # noqa: BLE001 - the held connection may be lost: try a new one
             try:
                 with talking_to(name, "resuming its replication"):
-                    fresh = mysql.connect(self.settings, connect_timeout=5)
+                    fresh = mysql.connect(self.settings, connect_timeout=5, read_timeout=replica_guard.TIMEOUT)
                     try:
                         resume(fresh, name)
                     finally:
