@@ -475,7 +475,8 @@ def test_a_hung_before_backup_is_taken_over_by_its_guard(tmp_path, mariadb, heal
 
 def test_a_replica_that_stops_answering_ends_the_run_instead_of_hanging_it(tmp_path, mariadb, healthy):
     emg = replicated_emg(tmp_path, mariadb, healthy, "max_wait = 1\n",
-                         before=f'[mysql]\nmysqldump = "{wrapper(tmp_path, SLOW_START.format(seconds=1))}"\n\n')
+                         before=f'[mysql]\nmysqldump = "{wrapper(tmp_path, SLOW_START.format(seconds=1))}"\n'
+                                'lock_timeout = 2\n\n')
     process = start_before_backup(emg)
     try:
         wait_paused(healthy, process)

@@ -39,6 +39,7 @@ class Pause:
     def __init__(self, run, connection, settings):
         self.run, self.connection, self.settings = run, connection, settings
         self.entry = self.guard = self.stopped = None
+        self.read_timeout = float(run.config[REPLICA]["max_wait"]) + 10  # as the held connection's
         with talking_to(settings.describe(), "recording the pause"), connection.cursor() as cursor:
             # What the guard and a later release need to resume only what this run paused.
             facts = {"holder": connection.thread_id(), "server_started": replica_guard.server_started(cursor),
@@ -68,7 +69,7 @@ class Pause:
         except Exception:  # noqa: BLE001 - the held connection may be lost: try a new one
             try:
                 with talking_to(name, "resuming its replication"):
-                    fresh = mysql.connect(self.settings, connect_timeout=5, read_timeout=replica_guard.TIMEOUT)
+                    fresh = mysql.connect(self.settings, connect_timeout=5, read_timeout=self.read_timeout)
                     try:
                         resume(fresh, name)
                     finally:
