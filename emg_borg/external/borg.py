@@ -9,13 +9,13 @@ without appearing in argv.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import re
 import subprocess
 from collections.abc import Callable
 
+from emg_borg.core.backup_tool import Extracted
 from emg_borg.errors import CommandError
 from emg_borg.external.execute import describe, last_line, run
 
@@ -78,20 +78,6 @@ def list_items(repository: str, archive: str, patterns_from=None, env=None, path
     if result.returncode != 0:
         raise _error(f"borg list {archive}", result)
     return [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
-
-
-@dataclasses.dataclass
-class Extracted:
-    """What `borg extract` did: the items it listed, and its warnings (exit 1), one per path it
-    could not write, e.g. "etc/emg/users: open: [Errno 1] Operation not permitted: ...". An
-    extraction with warnings is incomplete: those paths hold old content or nothing."""
-
-    items: int
-    warnings: list[str] = dataclasses.field(default_factory=list)
-
-    @property
-    def complete(self) -> bool:
-        return not self.warnings
 
 
 def extract(repository: str, archive: str, patterns_from, destination, progress: Callable | None = None,

@@ -16,7 +16,7 @@ from emg_borg.core import stream
 from emg_borg.core.manifest import ARCHIVE_PATH, DUMPS_DIR, Manifest
 from emg_borg.core.run import BackupRun
 from emg_borg.errors import EmgBorgError
-from emg_borg.external import borg
+from emg_borg.lifecycle import tools
 from emg_borg.lifecycle.archives import archive_of_run
 from emg_borg.lifecycle.repository import borgmatic_repositories, resolve_repository
 
@@ -40,7 +40,7 @@ def expected_manifest(run: BackupRun) -> bytes | None:
 def _repositories(run: BackupRun) -> list:
     if run.borgmatic_config and not run.repository:
         return borgmatic_repositories(run.borgmatic_config)
-    return [resolve_repository(run.repository, run.borgmatic_config)]
+    return [resolve_repository(run.repository, run.borgmatic_config, run.config["backup"]["tool"])]
 
 
 def check(run: BackupRun, manifest_bytes: bytes | None) -> list[str]:
@@ -64,15 +64,15 @@ def check(run: BackupRun, manifest_bytes: bytes | None) -> list[str]:
         try:
             archive = archive_of_run(repository, run_id)
             if archive is None:
-                failures.append(f"no archive of emg-borg run {run_id} in {repository}: borg did not store the run's "
-                                f"manifest")
+                failures.append(f"no archive of emg-borg run {run_id} in {repository}: {tools.of(repository).name} "
+                                f"did not store the run's manifest")
                 continue
             wanted.update({dump.path: dump.bytes for dump in archive.manifest.dumps})
-            items = borg.list_items(repository.location, archive.name, paths=("emg-borg",), env=repository.env)
+            items = tools.of(repository).members(repository, archive, ("emg-borg",))
         except EmgBorgError as error:
             failures.append(f"cannot check the archive of emg-borg run {run_id} in {repository}: {error}")
             continue
-        sizes = {item["path"]: item.get("size") for item in items if item.get("type") == "-"}
+        sizes = {item.path: item.size for item in items if item.type == "-"}
         for path, size in wanted.items():
             if sizes.get(path) != size:
                 held = f"{sizes[path]} bytes" if path in sizes else "nothing"
