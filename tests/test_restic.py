@@ -17,7 +17,7 @@ import time
 import pytest
 
 import sshd
-from conftest import Emg, dump_path, leftovers, run, run_emg_borg
+from conftest import Emg, dump_path, leftovers, run, run_emg_borg, unavailable
 from emg_borg.demo import sample
 from emg_borg.plugins.seqno import DEFAULT_MARGIN
 
@@ -39,7 +39,7 @@ def restic_env(tmp_path, monkeypatch):
     """restic's settings as its users give them: the repository and a password file in the
     environment; restic's cache in the test's directory."""
     if not shutil.which("restic"):
-        pytest.skip("restic is missing (apt-get install restic)")
+        unavailable("restic is missing (apt-get install restic; scripts/setup installs it)")
     for name in ("RESTIC_PASSWORD", "RESTIC_PASSWORD_COMMAND", "RESTIC_REPOSITORY_FILE", "BORG_REPO"):
         monkeypatch.delenv(name, raising=False)
     secret = tmp_path / "secrets" / "restic-password"
