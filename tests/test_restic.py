@@ -17,6 +17,7 @@ import time
 import pytest
 
 import sshd
+from test_consistency import WRITER, dump_max  # the writer that inserts row N, then writes N to the spool
 from conftest import Emg, dump_path, leftovers, run, run_emg_borg, unavailable
 from emg_borg.demo import sample
 from emg_borg.plugins.seqno import DEFAULT_MARGIN
@@ -236,28 +237,10 @@ def test_btrfs_second_run_reads_no_unchanged_spool_file_again(tmp_path, mariadb,
     assert any(path.startswith(f"{view}/") for path in snapshots()[-1]["paths"])  # restic stored the snapshot's view
 
 
-WRITER = r"""
-import os, sys, pymysql
-socket, database, counter = sys.argv[1:4]
-connection = pymysql.connect(unix_socket=socket, user="root", database=database, autocommit=True)
-cursor = connection.cursor()
-n = 0
-while True:
-    n += 1
-    cursor.execute("INSERT INTO loadtest (n) VALUES (%s)", (n,))
-    tmp = counter + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(f"{n}\n")
-    os.replace(tmp, counter)
-"""
-
-
 def test_btrfs_snapshot_under_write_load_restores_the_dumps_counter(tmp_path, mariadb, btrfs_mount, restic_env):
     """A writer inserts row N, then writes N to a spool file, without pause. In every restic
     snapshot, the restored spool's counter and the highest N of the restored dump agree (the
     writer may be between its insert and its file write: the dump is at most one ahead)."""
-    import re
-
     restic("init")
     emg = use_restic(Emg(tmp_path, mariadb, provider="btrfs", spooldir=btrfs_mount / "spool" / "emg"))
     emg.mariadb.sql("CREATE TABLE loadtest (n BIGINT PRIMARY KEY) ENGINE=InnoDB", emg.database)
@@ -277,9 +260,7 @@ def test_btrfs_snapshot_under_write_load_restores_the_dumps_counter(tmp_path, ma
     for archive in reversed(json.loads(emg.emg_borg("archives", "--json").stdout)):
         out = tmp_path / f"out-{archive['name']}"
         emg.emg_borg("extract", "--archive", archive["name"], "--categories", "data,database", "--destination", str(out))
-        dump = next(out.joinpath("emg-borg", "dumps").rglob("*.sql")).read_text()
-        in_dump = max(int(v) for block in re.findall(r"INSERT INTO `loadtest` VALUES(.*?);\n", dump, re.S)
-                      for v in re.findall(r"\((\d+)\)", block))
+        in_dump = dump_max(next(out.joinpath("emg-borg", "dumps").rglob("*.sql")).read_bytes())
         points.append((in_dump, int((out / rel(counter)).read_text())))
     print("dump and spool counter per snapshot:", points)
     assert all(0 <= in_dump - in_spool <= 1 for in_dump, in_spool in points), points

@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 from emg_borg.core.backup_tool import Extracted
 from emg_borg.errors import CommandError
-from emg_borg.external.execute import describe, last_line, run
+from emg_borg.external.execute import describe, last_line, run, stated_version
 
 logger = logging.getLogger(__name__)
 
@@ -45,13 +45,7 @@ def error_line(stderr: str, levels=("ERROR", "CRITICAL")) -> str:
 def version(command=(BORG,)) -> str:
     """The version `command --version` states ("1.2.4", "1.4.0", "2.0.0b14"); `command` is the
     borg executable, with any words borgmatic's `local_path` puts after it."""
-    result = run((*command, "--version"), check=False, timeout=30)
-    found = re.search(r"\b(\d+\.\d+(?:\.\d+)?\S*)", result.stdout)
-    if result.returncode != 0 or not found:
-        said = last_line(result.stderr) or last_line(result.stdout) or "no output"
-        raise CommandError(f"{describe((*command, '--version'))} failed (exit {result.returncode}): {said}",
-                           result.returncode, result.stderr)
-    return found.group(1)
+    return stated_version((*command, "--version"), r"\b(\d+\.\d+(?:\.\d+)?\S*)")
 
 
 def list_repository(repository: str, env=None, glob: str | None = None) -> dict:

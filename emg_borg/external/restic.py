@@ -17,7 +17,7 @@ import subprocess
 
 from emg_borg.core.backup_tool import CREDENTIALS
 from emg_borg.errors import CommandError
-from emg_borg.external.execute import describe, last_line, run
+from emg_borg.external.execute import describe, last_line, run, stated_version
 
 logger = logging.getLogger(__name__)
 
@@ -47,13 +47,7 @@ def _run(argv: tuple, what: str, env=None) -> str:
 
 def version(command=(RESTIC,)) -> str:
     """The version `restic version` states ("0.14.0")."""
-    result = run((*command, "version"), check=False, timeout=30)
-    found = re.search(r"restic (\d+\.\d+(?:\.\d+)?\S*)", result.stdout)
-    if result.returncode != 0 or not found:
-        said = last_line(result.stderr) or last_line(result.stdout) or "no output"
-        raise CommandError(f"{describe((*command, 'version'))} failed (exit {result.returncode}): {said}",
-                           result.returncode, result.stderr)
-    return found.group(1)
+    return stated_version((*command, "version"), r"restic (\d+\.\d+(?:\.\d+)?\S*)")
 
 
 def snapshots(env=None) -> list[dict]:

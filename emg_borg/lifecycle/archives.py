@@ -22,10 +22,9 @@ import logging
 from dateutil import parser as date_parser
 
 from emg_borg.core.manifest import ARCHIVE_PATH as MANIFEST_ARCHIVE_PATH
-from emg_borg.core.manifest import Manifest
 from emg_borg.errors import EmgBorgError, UsageError
 from emg_borg.lifecycle import tools
-from emg_borg.lifecycle.catalog import Archive, Catalog, parse_manifest
+from emg_borg.lifecycle.catalog import Archive, Catalog
 from emg_borg.lifecycle.nodes import Node, NodeChoice, choose, listed, node_choice
 from emg_borg.lifecycle.repository import Repository, borgmatic_repositories, borgmatic_repository, resolve_repository
 
