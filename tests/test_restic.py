@@ -78,7 +78,9 @@ def backup(emg: Emg) -> dict:
     if result.returncode != 0:
         emg.emg_borg("on-error")
         raise AssertionError(f"restic backup failed: {result.stderr}")
-    emg.emg_borg("after-backup")
+    released = emg.emg_borg("after-backup")
+    # With RESTIC_REPOSITORY in its environment, after-backup checks the run's snapshot.
+    assert "holds the manifest and " in released.stderr, released.stderr
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
@@ -394,4 +396,17 @@ def test_dry_run_shows_the_restic_list_and_staged_dumps(restic_emg):
     plan = json.loads(emg.emg_borg("before-backup", "--dry-run", "--json").stdout)
     assert plan["backup_tool"] == "restic" and plan["dump_transfer"] == "staged"
     assert plan["patterns_file"] == str(emg.runtime / "restic-files")
+    assert leftovers(emg) == []
+
+
+def test_after_backup_names_a_run_that_restic_did_not_store(restic_emg):
+    """restic ran without the list (another path): after-backup finds no snapshot holding the
+    run's manifest, says so in one line and exits 1, and still releases everything."""
+    emg = restic_emg
+    emg.emg_borg("before-backup")
+    restic("backup", "--tag", "emg-borg", emg.tree.emgdir / "server.cfg")
+    result = emg.emg_borg("after-backup", check=False)
+    assert result.returncode == 1
+    lines = error_lines(result)
+    assert len(lines) == 1 and "restic did not store the run's manifest" in lines[0], result.stderr
     assert leftovers(emg) == []

@@ -108,6 +108,7 @@ class BackupTool:
 
     name: ClassVar[str]
     selection_name: ClassVar[str]  # the file in runtime_dir the tool reads
+    repository_advice: ClassVar[str]  # how after-backup is told the repository, to check the run's archive
 
     def selection_path(self, runtime) -> Path:
         return Path(runtime.root) / self.selection_name
@@ -134,6 +135,11 @@ class BackupTool:
     def write_selection(self, run, collected) -> int:
         """Write the selection file; return how many lines it holds."""
         raise NotImplementedError
+
+    def hooks_name_repository(self) -> bool:
+        """Whether the hooks' environment names the repository without an option (restic's
+        RESTIC_REPOSITORY): after-backup then checks the run's archive there."""
+        return False
 
     def doctor(self, run, borgmatic_config) -> list:
         """`emg_borg.lifecycle.checks.Check` lines about the tool, for `emg-borg doctor`."""

@@ -40,7 +40,7 @@ def expected_manifest(run: BackupRun) -> bytes | None:
 def _repositories(run: BackupRun) -> list:
     if run.borgmatic_config and not run.repository:
         return borgmatic_repositories(run.borgmatic_config)
-    return [resolve_repository(run.repository, run.borgmatic_config, run.config["backup"]["tool"])]
+    return [resolve_repository(run.repository, run.borgmatic_config, tools.configured(run.config).name)]
 
 
 def check(run: BackupRun, manifest_bytes: bytes | None) -> list[str]:
@@ -48,9 +48,10 @@ def check(run: BackupRun, manifest_bytes: bytes | None) -> list[str]:
     archive holds the manifest and each dump at the size the manifest states."""
     if manifest_bytes is None:
         return []
-    if not run.repository and not run.borgmatic_config:
-        logger.warning("the archive's dump was not checked: after-backup names no repository (pass "
-                       "--borgmatic-config {configuration_filename})")
+    tool = tools.configured(run.config)
+    if not run.repository and not run.borgmatic_config and not tool.hooks_name_repository():
+        logger.warning("the archive's dump was not checked: after-backup names no repository (%s)",
+                       tool.repository_advice)
         return []
     manifest = Manifest(json.loads(manifest_bytes))
     run_id = manifest.get("run_id")

@@ -84,6 +84,7 @@ def _version_line(argv) -> str | None:
 class Borg(BackupTool):
     name = "borg"
     selection_name = "patterns"
+    repository_advice = "pass --borgmatic-config {configuration_filename}"
 
     def preflight(self, run) -> list[str]:
         # First: with a borg older than 1.4 (or none) nothing else matters: it would archive a wrong tree.

@@ -54,9 +54,14 @@ def manifest_path(snapshot: dict) -> str | None:
 class Restic(BackupTool):
     name = "restic"
     selection_name = "restic-files"
+    repository_advice = "give the hooks RESTIC_REPOSITORY and RESTIC_PASSWORD_FILE, or pass --repository"
 
     def backup_command(self, runtime) -> str:
         return f"restic backup {BACKUP_OPTIONS} {self.selection_path(runtime)}"
+
+    def hooks_name_repository(self) -> bool:
+        return (any(os.environ.get(name) for name in REPOSITORY_VARIABLES)
+                and any(os.environ.get(name) for name in PASSWORD_VARIABLES))
 
     # backup side
     def preflight(self, run) -> list[str]:
