@@ -88,17 +88,12 @@ class LateBorgBench:
 
     def setup(self) -> None:
         w, a = self.work, self.args
-        bench.make_wrappers(w / "bin")
         late = w / "late-bin"
         late.mkdir()
         (late / "borg").write_text(LATE_BORG.format(logged=shlex.quote(str(w / "bin" / "borg"))))
         (late / "borg").chmod(0o755)
-        (w / "xdg-runtime").mkdir(mode=0o700)
+        self.env = bench.bench_env(w, late)
         self.call_log = w / "calls.log"
-        self.env.update(PATH=f"{late}:{w / 'bin'}:{os.environ['PATH']}", BENCH_CALL_LOG=str(self.call_log),
-                        XDG_RUNTIME_DIR=str(w / "xdg-runtime"), BORG_BASE_DIR=str(w / "borg-base"),
-                        BORG_PASSPHRASE=bench.PASSPHRASE, PYTHONPATH=str(Path(__file__).resolve().parent.parent),
-                        BORG_RELOCATED_REPO_ACCESS_IS_OK="yes", BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK="yes")
         bench.log("starting MariaDB")
         self.server = mariadb.MariaDB(w / "mariadb")
         self.server.start()
@@ -224,13 +219,7 @@ def main() -> int:
             }
         finally:
             work.cleanup()
-    if args.save:
-        Path(args.save).write_text(json.dumps(summary, indent=2) + "\n")
-    if args.json:
-        print(json.dumps(summary, indent=2))
-    else:
-        print_table(summary)
-    return 0
+    return bench.output(summary, args, print_table)
 
 
 if __name__ == "__main__":

@@ -102,6 +102,29 @@ def make_wrappers(bindir: Path) -> None:
         path.chmod(0o755)
 
 
+def bench_env(work: Path, *first_on_path: Path) -> dict:
+    """The environment of a benchmark's commands: the logging wrappers (made in work/bin) on PATH,
+    after `first_on_path`, their call log work/calls.log, borg's passphrase and base directory,
+    and borgmatic's runtime directory in `work` (under a shared /tmp something removed
+    /tmp/borgmatic-*/borgmatic/bootstrap mid-run now and then: borg then warns 107, "Backup file
+    not found")."""
+    make_wrappers(work / "bin")
+    (work / "xdg-runtime").mkdir(mode=0o700)
+    path = ":".join(str(d) for d in (*first_on_path, work / "bin", os.environ["PATH"]))
+    return dict(os.environ, PATH=path, BENCH_CALL_LOG=str(work / "calls.log"), XDG_RUNTIME_DIR=str(work / "xdg-runtime"),
+                BORG_BASE_DIR=str(work / "borg-base"), BORG_PASSPHRASE=PASSPHRASE,
+                PYTHONPATH=str(Path(__file__).resolve().parent.parent),
+                BORG_RELOCATED_REPO_ACCESS_IS_OK="yes", BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK="yes")
+
+
+def example_yaml(runtime: Path, config: Path, repository: Path) -> str:
+    """borgmatic-example.yaml with these paths, and microseconds in its archive names (runs of one
+    benchmark can be less than a second apart)."""
+    text = example_config(runtime, config, repository, PASSPHRASE)
+    return text.replace('archive_name_format: "{hostname}-emg-{now:%Y-%m-%dT%H:%M:%S}"',
+                        'archive_name_format: "{hostname}-emg-{now:%Y-%m-%dT%H:%M:%S.%f}"')
+
+
 def read_calls(call_log: Path) -> list[dict]:
     calls = []
     if call_log.exists():
@@ -199,16 +222,8 @@ class Bench:
     # setup -----------------------------------------------------------------------------------------
     def setup(self) -> None:
         w, a = self.work, self.args
-        make_wrappers(w / "bin")
-        # borgmatic's runtime directory (its bootstrap manifest, its patterns file) in our own
-        # directory: under a shared /tmp something removed /tmp/borgmatic-*/borgmatic/bootstrap
-        # mid-run now and then (borg then warns 107, "Backup file not found")
-        (w / "xdg-runtime").mkdir(mode=0o700)
+        self.env = bench_env(w)
         self.call_log = w / "calls.log"
-        self.env.update(PATH=f"{w / 'bin'}:{os.environ['PATH']}", BENCH_CALL_LOG=str(self.call_log),
-                        XDG_RUNTIME_DIR=str(w / "xdg-runtime"),
-                        BORG_PASSPHRASE=PASSPHRASE, PYTHONPATH=str(Path(__file__).resolve().parent.parent),
-                        BORG_RELOCATED_REPO_ACCESS_IS_OK="yes", BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK="yes")
         log("starting MariaDB")
         self.server = mariadb.MariaDB(w / "mariadb")
         self.server.start()
@@ -292,11 +307,8 @@ class Bench:
         w = self.work
         for variant in VARIANTS:
             self.repos[variant] = w / f"repo-{round_no}-{variant}"
-        fmt = "archive_name_format: \"{hostname}-emg-{now:%Y-%m-%dT%H:%M:%S.%f}\""
         for variant in ("emg-borg", "validating"):
-            text = example_config(self.runtime, self.cfg, self.repos[variant], PASSPHRASE)
-            # microseconds in the name: runs of one variant can be less than a second apart here
-            text = text.replace('archive_name_format: "{hostname}-emg-{now:%Y-%m-%dT%H:%M:%S}"', fmt)
+            text = example_yaml(self.runtime, self.cfg, self.repos[variant])
             if variant == "validating":
                 text = text.replace("unsafe_skip_path_validation_before_create: true", "")
             self.yaml[variant].write_text(text)
@@ -554,6 +566,18 @@ def start(parser: argparse.ArgumentParser, root_for: str) -> argparse.Namespace:
     return args
 
 
+def output(summary: dict, args, print_table) -> int:
+    """A benchmark's end: the summary written to --save FILE (when the benchmark has it), then
+    printed as JSON (--json) or as its table."""
+    if getattr(args, "save", None):
+        Path(args.save).write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    if args.json:
+        print(json.dumps(summary, indent=2, default=str))
+    else:
+        print_table(summary)
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--files", type=int, default=20000, help="spool files (default %(default)s)")
@@ -566,7 +590,6 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="emgbench-") as tmp:
         bench = Bench(Path(tmp), args)
         try:
-            bench.env["BORG_BASE_DIR"] = str(Path(tmp) / "borg-base")
             bench.setup()
             rounds = []
             for r in range(args.repeat):
@@ -574,11 +597,7 @@ def main() -> int:
             summary = summarize(bench, rounds, time.perf_counter() - started)
         finally:
             bench.cleanup()
-    if args.json:
-        print(json.dumps(summary, indent=2, default=str))
-    else:
-        print_table(summary)
-    return 0
+    return output(summary, args, print_table)
 
 
 if __name__ == "__main__":

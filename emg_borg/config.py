@@ -196,8 +196,9 @@ class Config:
     given: frozenset = frozenset()  # the tables the file has (a sub-table's presence may turn a feature on)
 
     def error(self, table: str, key: str, message: str) -> ConfigError:
-        """A `ConfigError` about `[table] key`, naming the file and the key's line."""
-        return ConfigError(message, self.path, self.lines.find(table, key), f"{table}.{key}")
+        """A `ConfigError` about `[table] key`, naming the file and the key's line (`key` None:
+        the table itself, its header's line)."""
+        return ConfigError(message, self.path, self.lines.find(table, key), f"{table}.{key}" if key else table)
 
     def __getitem__(self, name: str) -> dict[str, Any]:
         return self.values[name]

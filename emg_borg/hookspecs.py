@@ -62,7 +62,9 @@ def emg_borg_snapshot_providers() -> list[SnapshotProvider] | None:
 def emg_borg_preflight(run: BackupRun) -> list[str] | None:
     """Check, changing nothing, that what this plugin will need is there: commands,
     credentials, privileges. Return what is wrong, one line each. `before-backup --dry-run`
-    reports the checks; a real run stops on a failed check before it takes anything."""
+    reports the checks; a real run stops on a failed check before it takes anything. What was
+    found fine and is worth showing (e.g. the replica the dump is taken on, its lag) may be
+    appended to `run.notes`: `doctor` shows each as an ok line, the dry run logs it."""
 
 
 @hookspec

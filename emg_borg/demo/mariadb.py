@@ -47,6 +47,7 @@ class MariaDB:
         self.server_id = server_id
         self.read_only = read_only
         self.buffer_pool = buffer_pool
+        self.extra_args: tuple = ()  # more server options for the next start()
         self.process: subprocess.Popen | None = None
 
     def start(self, timeout: float = 60) -> "MariaDB":
@@ -76,6 +77,7 @@ class MariaDB:
         if self.read_only:
             # A replica as MariaDB advises: crash-safe (its relay log rebuilt after a crash).
             argv += ["--read-only", "--relay-log=relay-bin", "--relay-log-recovery"]
+        argv += list(self.extra_args)
         self.process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

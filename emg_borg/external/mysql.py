@@ -37,13 +37,15 @@ class Connection:
         return f"{self.user or '(default user)'}@{where}/{self.database}"
 
 
-def connect(conn: Connection, connect_timeout: float = 10):
-    """A PyMySQL connection; connection and login errors become one clear `EmgBorgError`."""
+def connect(conn: Connection, connect_timeout: float = 10, read_timeout: float | None = None):
+    """A PyMySQL connection; connection and login errors become one clear `EmgBorgError`. With
+    `read_timeout`, a statement whose answer takes longer fails (the server stopped answering)."""
     import pymysql
 
     kwargs = dict(
         user=conn.user or "", password=conn.password or "", database=conn.database,
         connect_timeout=connect_timeout, autocommit=True, charset="utf8mb4",
+        read_timeout=read_timeout, write_timeout=read_timeout,
     )
     if conn.socket:
         kwargs["unix_socket"] = conn.socket

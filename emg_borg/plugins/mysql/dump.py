@@ -78,6 +78,7 @@ def begin_on_replica(run) -> None:
     run.step = "bringing the replica to the consistency point"
     with replica.talking_to(name, run.step):
         replica.reach(connection, target, float(run.config[REPLICA]["max_wait"]), name)
+        replica.check_message_id(run, connection, name)
     run.step = "starting the dump on the replica"
     with replica.talking_to(name, run.step):
         launch(run, connection, settings, (), None, time.monotonic() + float(run.config["mysql"]["lock_timeout"]))
@@ -113,7 +114,8 @@ def launch(run, connection, settings, options: tuple, check, deadline: float) ->
         checks += 1
         if time.monotonic() > deadline:
             dump.abort()
-            raise EmgBorgError("mysqldump did not begin its transaction within [mysql] lock_timeout")
+            raise EmgBorgError(f"mysqldump on {settings.describe()} did not begin its transaction within [mysql] "
+                               f"lock_timeout ({run.config['mysql']['lock_timeout']:g} s)")
         time.sleep(0.002)
     if run.stream_dumps and (failure := dump.failure()):
         raise CommandError(failure)

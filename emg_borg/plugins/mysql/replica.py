@@ -9,35 +9,27 @@ replica runs up to exactly that position and stops (`reach`); mysqldump's transa
 there, proven by the replica's `@@gtid_slave_pos` equal to it before and after; replication is
 resumed at once (`resume`). The primary pays only the freeze.
 
-Replication is always resumed: by this process on every path (`Pause.close`), by a guard process
-(`replica_guard.py`) if this one dies while replication is paused, and from the ledger by the
-next emg-borg command that releases (`resume_left`).
+Replication is always resumed, and only what this run paused (`replica_pause.py`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
-import os
-import signal
-import subprocess
-import sys
 import time
 
-from emg_borg.core.proc import kill_group_if, start_time
 from emg_borg.errors import EmgBorgError
 from emg_borg.external import mysql
 from emg_borg.plugins.mysql import replica_guard
-from emg_borg.plugins.mysql.replica_state import (behind, describe, error_text, gtid_position, problems, reached,
+from emg_borg.plugins.mysql.replica_pause import Pause, resume_left  # noqa: F401 - resume_left for the hooks
+from emg_borg.plugins.mysql.message_id import node_query
+from emg_borg.plugins.mysql.replica_state import (behind, describe, gtid_position, problems, reached,
                                                   slave_status, talking_to)
 from emg_borg.plugins.mysql.settings import NAME, REPLICA, query_one, replica_settings
 
 logger = logging.getLogger(__name__)
 
-KIND = "replica-paused"
 _STOP_SECONDS = 10  # for the replica's threads to stop once it reached the position
-_GUARD_START_SECONDS = 10
 
 
 class ReplicaUnfit(EmgBorgError):
@@ -61,25 +53,43 @@ def decide(run, primary) -> list[str]:
     """The preflight: whether the dump is taken on the replica (`state["dump_from"]`). Returns
     the replica's problems with `fallback = "fail"`; with `"primary"` they are a warning instead."""
     state = run.state(NAME)
-    settings = replica_settings(run.config, run.layout)  # a configuration error is never a fallback
-    if run.config["mysql"]["lock"] == "none":
-        return [f"[{REPLICA}] needs the global read lock ([mysql] lock): without it no position is the "
-                "consistency point"]
+    check_config(run.config)  # a configuration error is never a fallback
+    settings = replica_settings(run.config, run.layout)
     try:
-        connection = mysql.connect(settings)
+        connection = connect(settings, run.config)
     except EmgBorgError as error:
         found = [str(error)]
     else:
         try:
-            found = problems(connection, primary, settings)
-            if not found:
-                run.notes.extend(describe(connection, primary, settings))
+            with talking_to(settings.describe(), "checking it"):
+                found = problems(connection, primary, settings)
+                if not found:
+                    run.notes.extend(describe(connection, primary, settings))
+        except EmgBorgError as error:
+            found = [str(error)]
         finally:
             connection.close()
     if not found:
         state["dump_from"] = "replica"
         return []
     return fall_back(run, "; ".join(found)) if run.config[REPLICA]["fallback"] == "primary" else found
+
+
+def check_config(config) -> None:
+    """What the configuration alone makes impossible: one line naming the file and line."""
+    section = config[REPLICA]
+    if not (section["host"] or section["port"] or section["socket"]):
+        raise config.error(REPLICA, None, "names no server: set host (and port) or socket of the replica; "
+                           "without them it would reach the primary")
+    if config["mysql"]["lock"] == "none":
+        raise config.error("mysql", "lock", f"\"none\" cannot go with [{REPLICA}]: without the global read lock "
+                           "no position is the consistency point")
+
+
+def connect(settings, config):
+    """A replica connection whose every statement is bounded: the longest server-side wait
+    (`GET_LOCK`, `MASTER_GTID_WAIT`) is `max_wait`, so a replica that stops answering ends it."""
+    return mysql.connect(settings, read_timeout=float(config[REPLICA]["max_wait"]) + 10)
 
 
 def fall_back(run, reason: str) -> list:
@@ -99,10 +109,10 @@ def prepare(run, primary):
     settings = replica_settings(run.config, run.layout)
     max_wait = float(run.config[REPLICA]["max_wait"])
     try:
-        connection = state["replica_connection"] = mysql.connect(settings)
+        connection = state["replica_connection"] = connect(settings, run.config)
         state["replica_settings"] = settings
         with talking_to(settings.describe(), "waiting for it to catch up"):
-            return _lock_and_catch_up(connection, primary, settings, max_wait)
+            return _lock_and_catch_up(state, connection, primary, settings, max_wait)
     except EmgBorgError as error:
         release(run)
         if run.config[REPLICA]["fallback"] != "primary":
@@ -111,11 +121,17 @@ def prepare(run, primary):
         return state["settings"]
 
 
-def _lock_and_catch_up(connection, primary, settings, max_wait: float):
+def _lock_and_catch_up(state, connection, primary, settings, max_wait: float):
     """Hold the replica's named lock (one run at a time pauses it), then wait for it to catch up."""
+    state["primary_server_id"] = int(query_one(primary, "SELECT @@server_id")[0])
     if query_one(connection, "SELECT GET_LOCK(%s, %s)", (replica_guard.LOCK, max_wait))[0] != 1:
         raise ReplicaUnfit(f"replica {settings.describe()} is paused by another emg-borg run (its lock "
                            f"{replica_guard.LOCK} was not free within {max_wait:g} s)")
+    # Checked again under the lock: the preflight may have seen it paused by another run, or it
+    # may have changed since.
+    found = problems(connection, primary, settings)
+    if found:
+        raise ReplicaUnfit("; ".join(found))
     took = catch_up(connection, primary, max_wait, settings.describe())
     logger.info("replica %s caught up with the primary in %.2f s", settings.describe(), took)
     return settings
@@ -155,114 +171,6 @@ def dump_source(run) -> dict:
     return source
 
 
-class Pause:
-    """The replica's replication stopped by this run: recorded in the ledger first, watched by a
-    guard process that resumes it if this process dies, resumed by `close()` on every path."""
-
-    def __init__(self, run, connection, settings):
-        self.run, self.connection, self.settings = run, connection, settings
-        self.entry = run.ledger.add(NAME, KIND, released_by="plugin", server=settings.describe(),
-                                    **_connection_fields(settings))
-        self.guard, self.stopped = None, None
-        try:
-            self.guard = _start_guard(settings, run)
-            self.entry.update(guard_pid=self.guard.pid, guard_started=start_time(self.guard.pid))
-            run.ledger.save()
-            with talking_to(settings.describe(), "stopping its replication"), connection.cursor() as cursor:
-                cursor.execute("STOP SLAVE")
-            self.stopped = time.monotonic()
-            logger.info("replication on %s stopped for the consistency point", settings.describe())
-        except BaseException:
-            self.close()
-            raise
-
-    def close(self) -> None:
-        """Resume replication and forget the pause. If that fails, the guard and the ledger
-        entry stay: the guard tries again, and so does the next release."""
-        if self.entry is None:
-            return
-        name = self.settings.describe()
-        try:
-            resume(self.connection, name)
-        except Exception:  # noqa: BLE001 - the held connection may be lost: try a new one
-            try:
-                with talking_to(name, "resuming its replication"):
-                    fresh = mysql.connect(self.settings, connect_timeout=5)
-                    try:
-                        resume(fresh, name)
-                    finally:
-                        fresh.close()
-            except EmgBorgError as error:
-                if self.guard is not None:
-                    with contextlib.suppress(OSError, ValueError):
-                        self.guard.stdin.close()  # without "resumed": the guard takes over
-                raise EmgBorgError(f"replication on {name} is still stopped ({error}); the guard tries again for "
-                                   f"{replica_guard.RETRY_SECONDS} s, and the next after-backup, on-error or "
-                                   "before-backup resumes it") from None
-        if self.stopped is not None:
-            self.run.state(NAME)["replication_paused_ms"] = round((time.monotonic() - self.stopped) * 1000, 1)
-        if self.guard is not None:
-            with contextlib.suppress(OSError, ValueError):
-                self.guard.stdin.write(b"resumed\n")
-                self.guard.stdin.close()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.guard.wait(timeout=5)
-            self.guard.stdout.close()
-        self.run.ledger.remove(self.entry)
-        self.entry = None
-
-
-def resume(connection, name: str) -> None:
-    """Replication running again from where it stands, with no UNTIL left: a replica stopped at a
-    position (or one thread stopped) is stopped fully and started; a running one is left alone."""
-    status = slave_status(connection)
-    if status.get("Slave_IO_Running") == "Yes" and status.get("Slave_SQL_Running") == "Yes" \
-            and str(status.get("Until_Condition", "None")).lower() == "none":
-        return
-    with connection.cursor() as cursor:
-        cursor.execute("STOP SLAVE")
-        cursor.execute("START SLAVE")
-    logger.info("replication on %s resumed", name)
-
-
-def _start_guard(settings, run) -> subprocess.Popen:
-    # Long enough for the catch-up, the freeze and the dump's start; then the guard resumes
-    # replication even if this process still lives (it would be stuck).
-    section, replica = run.config["mysql"], run.config[REPLICA]
-    seconds = float(replica["max_wait"]) + float(section["lock_timeout"]) * 2 + float(section["max_freeze"]) + 60
-    guard = subprocess.Popen(
-        [sys.executable, "-I", replica_guard.__file__, str(os.getpid()), str(seconds)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True,
-    )
-    try:
-        # The password goes through the pipe: never argv, environment or disk.
-        guard.stdin.write((json.dumps(_connection_fields(settings, password=True)) + "\n").encode())
-        guard.stdin.flush()
-        ready = _read_ready(guard)
-        if ready != "ready":
-            raise EmgBorgError(f"the guard that resumes replication on {settings.describe()} did not start "
-                               f"({ready or 'no answer'})")
-    except BaseException:
-        kill_group_if(guard.pid, start_time(guard.pid), signal.SIGKILL)
-        guard.wait()
-        raise
-    return guard
-
-
-def _read_ready(guard) -> str:
-    import select
-
-    if not select.select([guard.stdout], [], [], _GUARD_START_SECONDS)[0]:
-        return ""
-    return guard.stdout.readline().decode(errors="replace").strip()
-
-
-def _connection_fields(settings, password=False) -> dict:
-    fields = {"host": settings.host, "port": settings.port, "socket": settings.socket, "user": settings.user,
-              "database": settings.database}
-    return {**fields, "password": settings.password} if password else fields
-
-
 def reach(connection, target: str, max_wait: float, name: str) -> None:
     """Run the paused replica up to exactly `target` and see it stop there."""
     with connection.cursor() as cursor:
@@ -282,6 +190,20 @@ def reach(connection, target: str, max_wait: float, name: str) -> None:
     check_at(connection, target, name)
 
 
+def check_message_id(run, connection, name: str) -> None:
+    """At the position, the replica must show the message id read on the primary in the freeze:
+    a replica that filters tables or was written to gives another answer."""
+    if run.message_id is None or run.message_id_source != "query":
+        return
+    query, args, _, _ = node_query(run.config, run.layout.node_id)
+    row = query_one(connection, query, args)
+    seen = row[0] if row else None
+    if seen is None or int(seen) != run.message_id:
+        raise EmgBorgError(f"replica {name} at the consistency point's position gives message id {seen}, the primary "
+                           f"gave {run.message_id} in the freeze: the replica's data differs from the primary's "
+                           "(filtered tables, or writes made on the replica); no archive is made")
+
+
 def check_at(connection, target: str, name: str) -> str:
     """The replica must stand exactly at `target`, its SQL thread stopped."""
     position = gtid_position(connection, "gtid_slave_pos")
@@ -291,22 +213,3 @@ def check_at(connection, target: str, name: str) -> str:
     if slave_status(connection).get("Slave_SQL_Running") != "No":
         raise EmgBorgError(f"replication on {name} was started by someone else while the dump began")
     return position
-
-
-def resume_left(run) -> None:
-    """Resume replication a run stopped and did not resume (its process was killed): from the
-    ledger, with the configured password. Its guard, if still there, is stopped first; a replica
-    another run pauses now (its named lock is taken) is left to that run."""
-    for entry in run.ledger.of(NAME, KIND):
-        if entry.get("guard_pid"):
-            kill_group_if(entry["guard_pid"], entry.get("guard_started"), signal.SIGKILL)
-        fields = {key: entry.get(key) for key in ("host", "port", "socket", "user", "database")}
-        with contextlib.suppress(EmgBorgError):
-            layout = run.layout or run.hook.emg_borg_discover_layout(config=run.config)
-            fields["password"] = replica_settings(run.config, layout).password
-        try:
-            replica_guard.resume(fields)
-        except Exception as error:  # noqa: BLE001 - PyMySQL's errors: the entry stays for the next release
-            raise EmgBorgError(f"cannot resume replication on {entry.get('server')}: {error_text(error)}") from None
-        logger.warning("replication on %s was left stopped by an earlier run; resumed", entry.get("server"))
-        run.ledger.remove(entry)

@@ -1,17 +1,16 @@
-"""Resumes a replica's replication when the before-backup that stopped it dies first.
+"""Resumes a replica's replication when the before-backup that stopped it dies (or hangs) first.
 
-`python -I replica_guard.py PARENT SECONDS`, in a session of its own. It reads one JSON line on
-stdin, how to reach the replica (the password comes this way: never in argv, environment or on
-disk), connects once to prove it can, and writes `ready`. Then it waits:
+`python -I replica_guard.py PARENT SECONDS RETRY`, in a session of its own. It reads one JSON
+line on stdin, how to reach the replica and what the pausing run recorded (the password comes this
+way: never in argv, environment or on disk), connects once to prove it can, and writes `ready`.
+Then it waits:
 
 - `resumed` on stdin: before-backup resumed replication itself; the guard exits;
-- end of file on stdin (before-backup died, even by SIGKILL), or SECONDS passed (before-backup is
-  stuck): the guard resumes replication (`STOP SLAVE` then `START SLAVE` unless both threads run
-  with no UNTIL), trying for RETRY_SECONDS, and exits.
+- end of file on stdin (before-backup died, even by SIGKILL), or SECONDS passed (before-backup
+  hangs): the guard resumes replication (`resume`), trying for RETRY seconds, and exits.
 
-It first takes the replica's named lock `emg_borg.replica` (what each run holds while it pauses
-the replica): if another run holds it, that run is in charge of the replica and resumes it
-itself. Only PyMySQL and the standard library; started by its path.
+`resume` is also what the next emg-borg release runs for a pause left in the ledger. Only PyMySQL
+and the standard library; started by its path.
 """
 
 from __future__ import annotations
@@ -22,8 +21,9 @@ import select
 import sys
 import time
 
-LOCK = "emg_borg.replica"
-RETRY_SECONDS = 60
+LOCK = "emg_borg.replica"  # held by a run from before its pause until it resumed replication
+TIMEOUT = 30  # seconds any statement may take here: a replica that stops answering must not hang us
+RESUMED, BUSY, LEFT = "resumed", "busy", "left alone"
 
 
 def say(line: str) -> None:
@@ -33,11 +33,11 @@ def say(line: str) -> None:
         pass
 
 
-def connect(fields: dict):
+def connect(fields: dict, timeout: float = TIMEOUT):
     import pymysql
 
     kwargs = dict(user=fields.get("user") or "", password=fields.get("password") or "", connect_timeout=5,
-                  autocommit=True)
+                  read_timeout=timeout, write_timeout=timeout, autocommit=True)
     if fields.get("socket"):
         kwargs["unix_socket"] = fields["socket"]
     else:
@@ -45,28 +45,56 @@ def connect(fields: dict):
     return pymysql.connect(**kwargs)
 
 
-def resume(fields: dict) -> bool:
-    """True when replication runs again (or another run is in charge of it)."""
+def server_started(cursor) -> float:
+    """When the server started (seconds since the epoch): a connection id means one session only
+    within one server lifetime."""
+    cursor.execute("SELECT UNIX_TIMESTAMP() - VARIABLE_VALUE FROM information_schema.GLOBAL_STATUS "
+                   "WHERE VARIABLE_NAME = 'UPTIME'")
+    return float(cursor.fetchone()[0])
+
+
+def _one(cursor, sql, args=None):
+    cursor.execute(sql, args)
+    return cursor.fetchone()
+
+
+def resume(fields: dict) -> str:
+    """Resume the replication a run paused, as `fields` record it (connection, `holder`: the
+    pausing session's id, `server_started`, `primary_server_id`). RESUMED: it runs (again); BUSY:
+    another run holds the replica's lock, try later; LEFT: no longer a read-only replica of that
+    primary (promoted?), so left as it is."""
     connection = connect(fields)
     try:
         with connection.cursor() as cursor:
-            cursor.execute("SELECT GET_LOCK(%s, 5)", (LOCK,))
-            if cursor.fetchone()[0] != 1:
-                return True  # another run pauses the replica and will resume it
-            cursor.execute("SHOW SLAVE STATUS")
-            row = cursor.fetchone()
-            status = dict(zip([c[0] for c in cursor.description], row)) if row else {}
-            running = status.get("Slave_IO_Running") == "Yes" and status.get("Slave_SQL_Running") == "Yes"
-            if not (running and str(status.get("Until_Condition", "None")).lower() == "none"):
-                cursor.execute("STOP SLAVE")
-                cursor.execute("START SLAVE")
-            cursor.execute("SELECT RELEASE_LOCK(%s)", (LOCK,))
-        return True
+            holder = _one(cursor, "SELECT IS_USED_LOCK(%s)", (LOCK,))[0]
+            same_server = abs(server_started(cursor) - float(fields.get("server_started") or 0)) < 5
+            if holder is not None and same_server and holder == fields.get("holder"):
+                try:  # the pausing session is still there (its process hangs): end it
+                    cursor.execute(f"KILL CONNECTION {int(holder)}")
+                except Exception:  # noqa: BLE001 - gone meanwhile
+                    pass
+            if _one(cursor, "SELECT GET_LOCK(%s, 5)", (LOCK,))[0] != 1:
+                return BUSY
+            try:
+                cursor.execute("SHOW SLAVE STATUS")
+                row = cursor.fetchone()
+                status = dict(zip([c[0] for c in cursor.description], row)) if row else {}
+                read_only = _one(cursor, "SELECT @@read_only")[0]
+                source = int(status.get("Master_Server_Id") or 0)
+                if not status or int(read_only) != 1 or source not in (0, int(fields.get("primary_server_id") or 0)):
+                    return LEFT
+                running = status.get("Slave_IO_Running") == "Yes" and status.get("Slave_SQL_Running") == "Yes"
+                if not (running and str(status.get("Until_Condition", "None")).lower() == "none"):
+                    cursor.execute("STOP SLAVE")
+                    cursor.execute("START SLAVE")
+                return RESUMED
+            finally:
+                cursor.execute("SELECT RELEASE_LOCK(%s)", (LOCK,))
     finally:
         connection.close()
 
 
-def main(parent: int, seconds: float) -> int:
+def main(parent: int, seconds: float, retry: float) -> int:
     line = sys.stdin.buffer.readline()
     try:
         fields = json.loads(line)
@@ -85,10 +113,10 @@ def main(parent: int, seconds: float) -> int:
             pending += chunk
             if b"resumed" in pending:
                 return 0
-    give_up = time.monotonic() + RETRY_SECONDS
+    give_up = time.monotonic() + retry
     while True:
         try:
-            if resume(fields):
+            if resume(fields) != BUSY:
                 return 0
         except Exception:  # noqa: BLE001 - the replica may be restarting: try again
             pass
@@ -98,4 +126,4 @@ def main(parent: int, seconds: float) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(int(sys.argv[1]), float(sys.argv[2])))
+    sys.exit(main(int(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3])))

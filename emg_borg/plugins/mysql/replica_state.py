@@ -7,6 +7,7 @@ import contextlib
 
 from emg_borg.errors import EmgBorgError
 from emg_borg.plugins.mysql.lock import has_privilege
+from emg_borg.plugins.mysql.replica_guard import LOCK
 from emg_borg.plugins.mysql.settings import REPLICA, query_one
 
 
@@ -70,7 +71,10 @@ def problems(replica, primary, settings) -> list[str]:
     if str(status.get("Using_Gtid", "No")).lower() == "no":
         found.append(f"replica {name} replicates by binary log file and position, not by GTID "
                      "(CHANGE MASTER TO MASTER_USE_GTID=slave_pos)")
-    if status.get("Slave_IO_Running") != "Yes" or status.get("Slave_SQL_Running") != "Yes":
+    holder = query_one(replica, "SELECT IS_USED_LOCK(%s)", (LOCK,))[0]
+    if holder is not None and holder != replica.thread_id() and status.get("Slave_SQL_Running") == "No":
+        pass  # paused by another emg-borg run: checked again once this run holds the replica's lock
+    elif status.get("Slave_IO_Running") != "Yes" or status.get("Slave_SQL_Running") != "Yes":
         error = status.get("Last_SQL_Error") or status.get("Last_IO_Error")
         state = f"IO thread {status.get('Slave_IO_Running')}, SQL thread {status.get('Slave_SQL_Running')}"
         found.append(f"replication on {name} is " + (f"broken ({state}): {error}" if error else f"stopped ({state})"))
