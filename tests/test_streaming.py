@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -144,7 +145,8 @@ def test_the_streamers_end_by_themselves_when_the_run_is_gone(emg, mariadb, tmp_
     script = tmp_path / "backup.sh"
     script.write_text(f"{sys.executable} -m emg_borg -c {emg.config_path} before-backup --borgmatic-config {config}\n"
                       f"sleep 600\n")
-    driver = subprocess.Popen(["bash", str(script)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    driver = subprocess.Popen(["bash", str(script)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)
     try:
         deadline = time.monotonic() + 60
         while not (emg.runtime / "patterns").exists():
@@ -153,9 +155,9 @@ def test_the_streamers_end_by_themselves_when_the_run_is_gone(emg, mariadb, tmp_
         assert any("emg_borg.core.streamer" in p for p in processes_of_this_test())
         assert any(": mysqldump " in p for p in processes_of_this_test())
     finally:
-        driver.kill()
+        # The script and its `sleep` (a child reparented once bash is gone: not found by parent).
+        os.killpg(driver.pid, signal.SIGKILL)
         driver.wait()
-        subprocess.run(["pkill", "-KILL", "-P", str(driver.pid)])
     deadline = time.monotonic() + 10
     while processes_of_this_test():
         assert time.monotonic() < deadline, processes_of_this_test()
