@@ -85,6 +85,14 @@ CORE_TABLES: Tables = {
             "What to back up: config, data (the spool), database, logs, executables.",
             item_choices=CATEGORIES,
         ),
+        "tool": Option(
+            str, "borg",
+            "The backup tool that reads what before-backup prepares. borg: borgmatic's borg create reads the "
+            "patterns file (runtime_dir/patterns); restic: restic backup --tag emg-borg --files-from-verbatim "
+            "runtime_dir/restic-files (dumps are then always staged). The restore side reads this tool's "
+            "repository.",
+            choices=("borg", "restic"),
+        ),
         "stream_dumps": Option(
             str, "auto",
             "How dumps reach borg. auto: streamed through a named pipe (no copy on disk) when before-backup's "

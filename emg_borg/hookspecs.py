@@ -97,8 +97,10 @@ def emg_borg_finish_dumps(run: BackupRun) -> list[Dump] | None:
 
 @hookspec
 def emg_borg_backup_patterns(run: BackupRun) -> list[str] | None:
-    """Contribute lines of the borg patterns file: `R` roots (with borg 1.4's `/./` so archive
-    paths equal live paths) and `!`/`-` exclusions."""
+    """Contribute lines of the selection, in borg's pattern language: `R` roots (with borg 1.4's
+    `/./` so archive paths equal live paths) and `!`/`-`/`+` lines (`pp:`, `pf:`, `sh:`, `fm:`,
+    `re:`). borg reads them as its patterns file; for restic they are walked into its
+    `--files-from-verbatim` list, each `/./` base becoming a stored root of the manifest."""
 
 
 @hookspec

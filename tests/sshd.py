@@ -1,6 +1,7 @@
 """An offsite backup host for the tests: OpenSSH's sshd on 127.0.0.1 (a free port, its own host
 key and configuration) that lets one client key run nothing but `borg serve --restrict-to-path
-DIR`, as a real backup host's `authorized_keys` would.
+DIR`, as a real backup host's `authorized_keys` would; or, with `sftp=True`, nothing but SFTP
+(`internal-sftp`), for restic's `sftp:` backend.
 
 `backup_host(directory)` is a context manager; the `offsite` fixture in test_offsite.py wraps it.
 The daemon is stopped by its pid however the test ends.
@@ -64,8 +65,9 @@ def _listening(port: int) -> bool:
 
 
 @contextlib.contextmanager
-def backup_host(home: Path, borg: str | None = None):
-    """Run an sshd whose one authorized key may only `borg serve` below `home/backups`."""
+def backup_host(home: Path, borg: str | None = None, sftp: bool = False):
+    """Run an sshd whose one authorized key may only `borg serve` below `home/backups` (with
+    `sftp`, only use SFTP)."""
     borg = borg or shutil.which("borg")
     home.mkdir(parents=True, exist_ok=True)
     directory = home / "backups"
@@ -75,7 +77,8 @@ def backup_host(home: Path, borg: str | None = None):
     client_public = _keygen(client_key)
     # The server side's borg keeps its own state (security dir, cache) apart from the client's.
     authorized = home / "authorized_keys"
-    authorized.write_text(f'command="{borg} serve --restrict-to-path {directory}",restrict {client_public}\n')
+    forced = "internal-sftp" if sftp else f"{borg} serve --restrict-to-path {directory}"
+    authorized.write_text(f'command="{forced}",restrict {client_public}\n')
     Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege separation directory
     log = home / "sshd.log"
     process = None
@@ -88,6 +91,7 @@ def backup_host(home: Path, borg: str | None = None):
                 f"PidFile {home / 'sshd.pid'}\nStrictModes no\nUsePAM no\nPasswordAuthentication no\n"
                 f"KbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\nMaxStartups 64\n"
                 f"SetEnv BORG_BASE_DIR={home / 'server-borg'}\n"
+                + ("Subsystem sftp internal-sftp\n" if sftp else "")
             )
             with open(log, "ab") as out:
                 process = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)], stdout=out, stderr=out,
@@ -117,6 +121,21 @@ def _stop(process: subprocess.Popen) -> None:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+def ssh_wrapper(host: BackupHost, directory: Path) -> Path:
+    """A directory holding an `ssh` that reads an ssh configuration naming the host `backup-host`
+    (this port, key and known host key): first on PATH, restic's `sftp:backup-host:/path` reaches
+    the test host as a root's ~/.ssh/config would let it reach a real one."""
+    directory.mkdir(parents=True, exist_ok=True)
+    config = directory / "ssh_config"
+    config.write_text(f"Host backup-host\n    HostName 127.0.0.1\n    Port {host.port}\n    User root\n"
+                      f"    IdentityFile {host.client_key}\n    IdentitiesOnly yes\n    BatchMode yes\n"
+                      f"    UserKnownHostsFile {host.known_hosts}\n    StrictHostKeyChecking yes\n")
+    wrapper = directory / "ssh"
+    wrapper.write_text(f'#!/bin/sh\nexec {shutil.which("ssh")} -F {config} "$@"\n')
+    wrapper.chmod(0o755)
+    return directory
 
 
 def borg_env(host: BackupHost, passphrase: str) -> dict:

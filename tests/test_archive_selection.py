@@ -11,7 +11,7 @@ import pytest
 
 from conftest import borg, borg_create_from
 from emg_borg.errors import EmgBorgError, UsageError
-from emg_borg.lifecycle import archives
+from emg_borg.lifecycle import archives, tool_borg
 
 
 def test_parse_when_local_and_zoned():
@@ -25,7 +25,7 @@ def test_parse_when_local_and_zoned():
 
 
 def test_archive_time_is_local_and_to_the_second():
-    when = archives.archive_time({"start": "2026-11-20T14:00:00.750000"})
+    when = tool_borg.archive_time({"start": "2026-11-20T14:00:00.750000"})
     assert when == datetime.datetime(2026, 11, 20, 14, 0).astimezone()
     assert when <= archives.parse_when("2026-11-20 14:00")
 

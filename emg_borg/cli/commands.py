@@ -21,11 +21,19 @@ def print_json(data) -> None:
     print(json.dumps(data, indent=2, default=str))
 
 
+def _tool(args, manager) -> str | None:
+    """`[backup] tool` of the configuration, when there is one (a rebuilt machine has none yet:
+    then borg, or restic when only RESTIC_REPOSITORY names a repository)."""
+    if not os.path.exists(args.config):
+        return None
+    return _config(args, manager)["backup"]["tool"]
+
+
 def _selection(args, manager) -> archives.Selection:  # noqa: F821 - imported in the body
     from emg_borg.lifecycle import archives
     nodes = archives.node_choice(args.host, args.node, args.any_node, args.config, manager)
     return archives.Selection(repository=args.repository, borgmatic_config=args.borgmatic_config,
-                              archive=args.archive, at=args.at, nodes=nodes)
+                              archive=args.archive, at=args.at, nodes=nodes, tool=_tool(args, manager))
 
 
 def _config(args, manager, required=True):
@@ -38,7 +46,7 @@ def _config(args, manager, required=True):
 
 
 def before_backup(args, manager) -> int:
-    from emg_borg.lifecycle import backup, transfer
+    from emg_borg.lifecycle import backup, tools
     config = _config(args, manager)
     if args.dry_run:
         result = backup.before_backup(config, manager, dry_run=True, repository=args.repository,
@@ -52,7 +60,8 @@ def before_backup(args, manager) -> int:
         for root in result["roots"]:
             logger.info("  %-11s %s", root["category"], root["path"])
         if result["dump_transfer"] and result["database"]:
-            logger.info("%s", transfer.describe(result["dump_transfer"] == "stream", result["dump_transfer_reason"]))
+            tool = tools.named(result["backup_tool"])
+            logger.info("%s", tool.describe_transfer(result["dump_transfer"] == "stream", result["dump_transfer_reason"]))
         for note in result["notes"]:
             logger.info("%s", note)
     if args.json:
@@ -127,7 +136,7 @@ def config(args, manager) -> int:
 
 def list_archives(args, manager) -> int:
     from emg_borg.lifecycle import archives, extract
-    repository = archives.resolve_repository(args.repository, args.borgmatic_config)
+    repository = archives.resolve_repository(args.repository, args.borgmatic_config, _tool(args, manager))
     nodes = archives.NodeChoice(args.host, args.node, args.any_node)  # every node's unless narrowed
     rows = [{**a.summary(), "node": archives.Node.of(a.manifest).label}
             for a in archives.emg_archives(repository, nodes)]

@@ -32,6 +32,7 @@ class BackupRun:
     layout: Any = None
     categories: tuple = ()
     provider: str = "none"
+    tool: Any = None  # the backup tool (emg_borg.core.backup_tool.BackupTool) that reads the run's selection
     snapshot: Snapshot | None = None
     message_id: int | None = None
     message_id_source: str | None = None

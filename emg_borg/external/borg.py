@@ -9,15 +9,15 @@ without appearing in argv.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import re
 import subprocess
 from collections.abc import Callable
 
+from emg_borg.core.backup_tool import Extracted
 from emg_borg.errors import CommandError
-from emg_borg.external.execute import describe, last_line, run
+from emg_borg.external.execute import describe, last_line, run, stated_version
 
 logger = logging.getLogger(__name__)
 
@@ -45,13 +45,7 @@ def error_line(stderr: str, levels=("ERROR", "CRITICAL")) -> str:
 def version(command=(BORG,)) -> str:
     """The version `command --version` states ("1.2.4", "1.4.0", "2.0.0b14"); `command` is the
     borg executable, with any words borgmatic's `local_path` puts after it."""
-    result = run((*command, "--version"), check=False, timeout=30)
-    found = re.search(r"\b(\d+\.\d+(?:\.\d+)?\S*)", result.stdout)
-    if result.returncode != 0 or not found:
-        said = last_line(result.stderr) or last_line(result.stdout) or "no output"
-        raise CommandError(f"{describe((*command, '--version'))} failed (exit {result.returncode}): {said}",
-                           result.returncode, result.stderr)
-    return found.group(1)
+    return stated_version((*command, "--version"), r"\b(\d+\.\d+(?:\.\d+)?\S*)")
 
 
 def list_repository(repository: str, env=None, glob: str | None = None) -> dict:
@@ -78,20 +72,6 @@ def list_items(repository: str, archive: str, patterns_from=None, env=None, path
     if result.returncode != 0:
         raise _error(f"borg list {archive}", result)
     return [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
-
-
-@dataclasses.dataclass
-class Extracted:
-    """What `borg extract` did: the items it listed, and its warnings (exit 1), one per path it
-    could not write, e.g. "etc/emg/users: open: [Errno 1] Operation not permitted: ...". An
-    extraction with warnings is incomplete: those paths hold old content or nothing."""
-
-    items: int
-    warnings: list[str] = dataclasses.field(default_factory=list)
-
-    @property
-    def complete(self) -> bool:
-        return not self.warnings
 
 
 def extract(repository: str, archive: str, patterns_from, destination, progress: Callable | None = None,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import shlex
 import subprocess
 import time
@@ -75,3 +76,15 @@ def run(argv: tuple, *, input: str | None = None, env=None, pass_fds=(), check=T
             result.returncode, result.stderr,
         )
     return result
+
+
+def stated_version(argv: tuple, pattern: str) -> str:
+    """The version a command states (the first group of `pattern` in its output), e.g. of
+    `borg --version` or `restic version`; raises CommandError when it fails or states none."""
+    result = run(argv, check=False, timeout=30)
+    found = re.search(pattern, result.stdout)
+    if result.returncode != 0 or not found:
+        said = last_line(result.stderr) or last_line(result.stdout) or "no output"
+        raise CommandError(f"{describe(argv)} failed (exit {result.returncode}): {said}", result.returncode,
+                           result.stderr)
+    return found.group(1)

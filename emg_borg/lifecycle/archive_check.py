@@ -16,7 +16,7 @@ from emg_borg.core import stream
 from emg_borg.core.manifest import ARCHIVE_PATH, DUMPS_DIR, Manifest
 from emg_borg.core.run import BackupRun
 from emg_borg.errors import EmgBorgError
-from emg_borg.external import borg
+from emg_borg.lifecycle import tools
 from emg_borg.lifecycle.archives import archive_of_run
 from emg_borg.lifecycle.repository import borgmatic_repositories, resolve_repository
 
@@ -40,7 +40,7 @@ def expected_manifest(run: BackupRun) -> bytes | None:
 def _repositories(run: BackupRun) -> list:
     if run.borgmatic_config and not run.repository:
         return borgmatic_repositories(run.borgmatic_config)
-    return [resolve_repository(run.repository, run.borgmatic_config)]
+    return [resolve_repository(run.repository, run.borgmatic_config, tools.configured(run.config).name)]
 
 
 def check(run: BackupRun, manifest_bytes: bytes | None) -> list[str]:
@@ -48,9 +48,10 @@ def check(run: BackupRun, manifest_bytes: bytes | None) -> list[str]:
     archive holds the manifest and each dump at the size the manifest states."""
     if manifest_bytes is None:
         return []
-    if not run.repository and not run.borgmatic_config:
-        logger.warning("the archive's dump was not checked: after-backup names no repository (pass "
-                       "--borgmatic-config {configuration_filename})")
+    tool = tools.configured(run.config)
+    if not run.repository and not run.borgmatic_config and not tool.hooks_name_repository():
+        logger.warning("the archive's dump was not checked: after-backup names no repository (%s)",
+                       tool.repository_advice)
         return []
     manifest = Manifest(json.loads(manifest_bytes))
     run_id = manifest.get("run_id")
@@ -64,15 +65,15 @@ def check(run: BackupRun, manifest_bytes: bytes | None) -> list[str]:
         try:
             archive = archive_of_run(repository, run_id)
             if archive is None:
-                failures.append(f"no archive of emg-borg run {run_id} in {repository}: borg did not store the run's "
-                                f"manifest")
+                failures.append(f"no archive of emg-borg run {run_id} in {repository}: {tools.of(repository).name} "
+                                f"did not store the run's manifest")
                 continue
             wanted.update({dump.path: dump.bytes for dump in archive.manifest.dumps})
-            items = borg.list_items(repository.location, archive.name, paths=("emg-borg",), env=repository.env)
+            items = tools.of(repository).members(repository, archive, ("emg-borg",))
         except EmgBorgError as error:
             failures.append(f"cannot check the archive of emg-borg run {run_id} in {repository}: {error}")
             continue
-        sizes = {item["path"]: item.get("size") for item in items if item.get("type") == "-"}
+        sizes = {item.path: item.size for item in items if item.type == "-"}
         for path, size in wanted.items():
             if sizes.get(path) != size:
                 held = f"{sizes[path]} bytes" if path in sizes else "nothing"

@@ -5,8 +5,9 @@ repository of `--borgmatic-config`, else `$BORG_REPO`; see `repository`), then `
 `--archive latest` (the default) or `--at WHEN`, among the archives of this node unless `--host`,
 `--node` or `--any-node` says otherwise (see `nodes`). Only archives that carry
 `emg-borg/manifest.json` count: a repository may also hold archives of other hosts or made
-without emg-borg, and those cannot be restored by category. One `borg list` finds the archives;
-their manifests come from a local cache, so the cost does not grow with their number (`catalog`).
+without emg-borg, and those cannot be restored by category. One listing by the repository's tool
+(`borg list`, `restic snapshots`) finds the archives; their manifests come from a local cache, so
+the cost does not grow with their number (`catalog`).
 
 Times: WHEN is read with python-dateutil and taken as local time unless it names a zone. An
 archive started at 14:00:00 is "at or before 14:00".
@@ -14,26 +15,21 @@ archive started at 14:00:00 is "at or before 14:00".
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import datetime
 import logging
-import os
-import tempfile
-from pathlib import Path
 
 from dateutil import parser as date_parser
 
 from emg_borg.core.manifest import ARCHIVE_PATH as MANIFEST_ARCHIVE_PATH
-from emg_borg.core.manifest import Manifest
 from emg_borg.errors import EmgBorgError, UsageError
-from emg_borg.external import borg
-from emg_borg.lifecycle.catalog import Archive, Catalog, archive_time, parse_manifest
+from emg_borg.lifecycle import tools
+from emg_borg.lifecycle.catalog import Archive, Catalog
 from emg_borg.lifecycle.nodes import Node, NodeChoice, choose, listed, node_choice
 from emg_borg.lifecycle.repository import Repository, borgmatic_repositories, borgmatic_repository, resolve_repository
 
-__all__ = ["Archive", "Node", "NodeChoice", "Repository", "Selection", "archive_of_run", "archive_time", "borgmatic_repository",
-           "emg_archives", "name_run_archive", "node_choice", "parse_when", "patterns_file", "read_manifest", "resolve_repository", "select"]
+__all__ = ["Archive", "Node", "NodeChoice", "Repository", "Selection", "archive_of_run", "borgmatic_repository",
+           "emg_archives", "name_run_archive", "node_choice", "parse_when", "resolve_repository", "select"]
 
 logger = logging.getLogger(__name__)
 
@@ -45,12 +41,6 @@ def parse_when(text: str) -> datetime.datetime:
     except (ValueError, OverflowError):
         raise UsageError(f"--at {text!r}: not a date and time (try '2026-11-20 14:00' or ISO 8601)")
     return when.astimezone() if when.tzinfo is None else when
-
-
-def read_manifest(repository: Repository, name: str) -> Manifest | None:
-    """The archive's manifest, read from the repository (not cached); None when it has none (not
-    an emg-borg archive) or an unreadable one. A newer format raises ManifestVersionError."""
-    return parse_manifest(borg.read_file(repository.location, name, MANIFEST_ARCHIVE_PATH, env=repository.env), name)
 
 
 def emg_archives(repository: Repository, nodes: NodeChoice | None = None) -> list[Archive]:
@@ -78,7 +68,8 @@ def archive_of_run(repository: Repository, run_id: str, newest: int = RUN_ARCHIV
         catalog.save()
 
 
-def name_run_archive(which: str, run_id: str, started: str, repository: str | None, borgmatic_config: str | None) -> str:
+def name_run_archive(which: str, run_id: str, started: str, repository: str | None, borgmatic_config: str | None,
+                     tool: str | None = None) -> str:
     """Name run `run_id`'s archive in `repository`, or in every repository of `borgmatic_config`
     (one run, one consistency point, one archive in each); `which` names the run when an archive
     cannot be looked up."""
@@ -86,7 +77,7 @@ def name_run_archive(which: str, run_id: str, started: str, repository: str | No
         if borgmatic_config and not repository:
             repositories = borgmatic_repositories(borgmatic_config)
         else:
-            repositories = [resolve_repository(repository, borgmatic_config)]
+            repositories = [resolve_repository(repository, borgmatic_config, tool)]
     except EmgBorgError as error:
         return f"{which} (the repositories could not be read from {borgmatic_config}: {error})"
     named = []
@@ -97,7 +88,7 @@ def name_run_archive(which: str, run_id: str, started: str, repository: str | No
             reason = " ".join(str(error).split()) or type(error).__name__
             named.append(f"{which} in {where} (the archive could not be looked up: {reason})")
             continue
-        named.append(f"{which}, if borg wrote one to {where}" if found is None
+        named.append(f"{which}, if {tools.of(where).name} wrote one to {where}" if found is None
                      else f"archive {where}::{found.name} (emg-borg run {run_id}, started {started})")
     return " and ".join(named)
 
@@ -112,13 +103,14 @@ class Selection:
     archive: str | None = None
     at: str | None = None
     nodes: NodeChoice = NodeChoice()
+    tool: str | None = None  # [backup] tool of the configuration (None: borg, or restic by RESTIC_REPOSITORY)
 
 
 def select(selection: Selection) -> tuple[Repository, Archive]:
     """The repository and the archive that the selection names."""
     # Parse what can be parsed before asking borg anything, so bad input changes nothing.
     when = parse_when(selection.at) if selection.at else None
-    repository = resolve_repository(selection.repository, selection.borgmatic_config)
+    repository = resolve_repository(selection.repository, selection.borgmatic_config, selection.tool)
     catalog = Catalog(repository)
     try:
         return repository, _select(catalog, selection.archive, when, selection.nodes)
@@ -152,17 +144,3 @@ def _select(catalog: Catalog, wanted: str | None, when, nodes: NodeChoice) -> Ar
     logger.info("archive %s (%s, %s, message id %s)", archive.name, archive.time.isoformat(timespec="seconds"),
                 archive.manifest.get("hostname"), archive.manifest.get("message_id"))
     return archive
-
-
-@contextlib.contextmanager
-def patterns_file(lines, directory=None):
-    """A private temporary borg patterns file holding `lines`, removed afterwards."""
-    fd, name = tempfile.mkstemp(prefix="emg-borg-patterns-", dir=directory)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write("\n".join(lines) + "\n")
-        yield Path(name)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(name)
-

@@ -1,8 +1,10 @@
-"""`before-backup`: freeze one consistency point and leave behind exactly what borg must read.
+"""`before-backup`: freeze one consistency point and leave behind exactly what the backup tool
+must read.
 
 That is the snapshot (mounted where needed), the staging area (manifest, dumps, `seqno`) and the
-patterns file borgmatic names in `patterns_from`. Any failure releases everything it created,
-run lock included, before the error reaches the user.
+selection file of the tool (`[backup] tool`): borg's patterns file that borgmatic names in
+`patterns_from`, or restic's `--files-from-verbatim` list. Any failure releases everything it
+created, run lock included, before the error reaches the user.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from emg_borg.core.signals import signals_raise
 from emg_borg.emg.categories import CATEGORIES
 from emg_borg.errors import EmgBorgError
 from emg_borg.external import execute
-from emg_borg.lifecycle import borg_version, outcome, providers, transfer
+from emg_borg.lifecycle import outcome, providers, tools
 from emg_borg.lifecycle.release import release_and_unlock, release_resources
 
 logger = logging.getLogger(__name__)
@@ -58,7 +60,7 @@ def new_run(config, manager, *, dry_run=False, repository=None, borgmatic_config
 
 
 def before_backup(config, manager, *, dry_run=False, repository=None, borgmatic_config=None, run=None) -> dict:
-    """Freeze the consistency point and prepare everything borg reads. Returns the manifest, or
+    """Freeze the consistency point and prepare everything the backup tool reads. Returns the manifest, or
     for a dry run the plan with the preflight problems."""
     run = run or new_run(config, manager, dry_run=dry_run, repository=repository, borgmatic_config=borgmatic_config)
     run.layout = run.hook.emg_borg_discover_layout(config=config)
@@ -66,16 +68,10 @@ def before_backup(config, manager, *, dry_run=False, repository=None, borgmatic_
     check_runtime_dir(run)
     provider = providers.resolve(run)
     run.provider = provider.name
-    # First: with a borg older than 1.4 (or none) nothing else matters: it would archive a wrong tree.
-    too_old, _ = borg_version.check(run.borgmatic_config)
-    problems = ([too_old] if too_old else []) + provider.preflight(run)
+    tool = run.tool = tools.configured(config)
+    problems = tool.preflight(run) + provider.preflight(run)
     problems += [p for found in run.hook.emg_borg_preflight(run=run) for p in found or ()]
-    if run.borgmatic_config:
-        problems += transfer.overlaps(run.runtime.root, run.borgmatic_config, run.runtime.patterns)
-    if "database" in run.categories:
-        run.stream_dumps, run.transfer_reason, streaming_problems = transfer.choose(run, run.borgmatic_config)
-        run.keep_streams = run.stream_dumps and bool(run.borgmatic_config) and transfer.retries(run.borgmatic_config) > 0
-        problems += streaming_problems
+    problems += tool.transfer(run)  # how the dumps reach the tool: streamed or staged
     if dry_run:
         return {**plan_summary(run), "problems": problems}
     if problems:
@@ -100,7 +96,7 @@ def before_backup(config, manager, *, dry_run=False, repository=None, borgmatic_
             provider.clean_stale(run)
             try:
                 if "database" in run.categories:
-                    logger.info("%s", transfer.describe(run.stream_dumps, run.transfer_reason))
+                    logger.info("%s", tool.describe_transfer(run.stream_dumps, run.transfer_reason))
                 freeze(run, provider)
                 run.step = "starting the dump streams"
                 for handle in run.streams:
@@ -109,12 +105,12 @@ def before_backup(config, manager, *, dry_run=False, repository=None, borgmatic_
                     run.dumps.extend(found or ())
                 run.step = "staging the seqno"
                 write_seqno(run)
-                run.step = "collecting the patterns"
-                lines = pattern_lines(run)
+                run.step = "collecting the selection"
+                selection = tool.collect(run, pattern_lines(run))
                 run.step = "writing the manifest"
-                manifest = write_manifest(run)
-                run.step = "writing the patterns file"
-                write_patterns(run, lines)
+                manifest = write_manifest(run, tool.manifest_fields(run, selection))
+                run.step = f"writing {tool.selection_path(run.runtime)}"
+                count = tool.write_selection(run, selection)
             except OSError as error:
                 where = f" ({error.filename})" if error.filename else ""
                 raise EmgBorgError(f"{error.strerror or error} while {run.step}{where}") from error
@@ -126,8 +122,8 @@ def before_backup(config, manager, *, dry_run=False, repository=None, borgmatic_
             error.further = [*getattr(error, "further", []), str(incomplete)]
         raise
     logger.info(
-        "ready for borg: message id %s, freeze window %.1f ms, %d pattern lines in %s",
-        run.message_id, run.freeze_window_ms or 0, len(run.runtime.patterns.read_text().splitlines()), run.runtime.patterns,
+        "ready for %s: message id %s, freeze window %.1f ms, %d lines in %s", tool.name,
+        run.message_id, run.freeze_window_ms or 0, count, tool.selection_path(run.runtime),
     )
     return manifest
 
@@ -182,7 +178,7 @@ def archived_categories(run: BackupRun) -> dict:
     return categories
 
 
-def write_manifest(run: BackupRun) -> dict:
+def write_manifest(run: BackupRun, tool_fields: dict) -> dict:
     identity = machine_identity()
     manifest = {
         "format_version": FORMAT_VERSION,
@@ -209,6 +205,8 @@ def write_manifest(run: BackupRun) -> dict:
         "dump_transfer": ("stream" if run.stream_dumps else "staged") if run.dumps else None,
         "categories": archived_categories(run),
         "excluded_categories": [c for c in CATEGORIES if c not in run.categories],
+        "backup_tool": run.tool.name,
+        **tool_fields,
     }
     for fields in run.hook.emg_borg_manifest_fields(run=run):
         manifest.update(fields or {})
@@ -221,44 +219,11 @@ def write_manifest(run: BackupRun) -> dict:
 
 
 def pattern_lines(run: BackupRun) -> list[str]:
-    """The plugins' pattern lines, and exclusions of the special files under their roots."""
+    """The plugins' pattern lines: the selection in borg's pattern language, which every tool reads."""
     lines = []
     for contribution in run.hook.emg_borg_backup_patterns(run=run):
         lines.extend(contribution or [])
-    return special_file_exclusions(run, lines) + lines  # first: borg's first matching pattern wins
-
-
-def write_patterns(run: BackupRun, lines: list[str]) -> None:
-    lines = [
-        f"# borg patterns written by emg-borg {__version__} for run {run.run_id} at {run.started}",
-        "# Read by borgmatic through patterns_from; rewritten by every before-backup.",
-        *staged_roots(run),
-        *lines,
-    ]
-    write_private(run.runtime.patterns, "\n".join(dict.fromkeys(lines)) + "\n")
-
-
-def special_file_exclusions(run: BackupRun, lines: list[str]) -> list[str]:
-    """`-` lines for every FIFO and device under the roots borg walks (paths as borg sees them,
-    before the `/./`): with read_special, which streaming needs, borg would block on one."""
-    found = []
-    for line in lines:
-        if line.startswith("R ") and not line[2:].startswith(f"{run.runtime.staging}/"):
-            found += transfer.special_files(line[2:].replace("/./", "/", 1))
-    if found:
-        shown = ", ".join(found[:3]) + (f" and {len(found) - 3} more" if len(found) > 3 else "")
-        run.warnings.append(f"not archived: {len(found)} named pipe(s) or device(s) in the EMG tree ({shown}); "
-                            f"borg with read_special would block reading them")
-        logger.warning("%s", run.warnings[-1])
-    return [f"- pp:{path}" for path in found]
-
-
-def staged_roots(run: BackupRun) -> list[str]:
-    """The `R` roots of emg-borg's own archive members, the dumps first: borg reads its roots in
-    order, and a streamed manifest is served only after every streamed dump has passed."""
-    top = run.runtime.staging / "emg-borg"
-    members = sorted(top.iterdir(), key=lambda path: (path.name != "dumps", path.name))
-    return [f"R {run.runtime.staging}/./emg-borg/{path.name}" for path in members]
+    return lines
 
 
 def preflight_message(problems: list[str]) -> str:
@@ -281,6 +246,7 @@ def plan_summary(run: BackupRun) -> dict:
         "database": layout.db.database if layout.db else None,
         "dump_transfer": ("stream" if run.stream_dumps else "staged") if "database" in run.categories else None,
         "dump_transfer_reason": run.transfer_reason or None,
-        "patterns_file": str(run.runtime.patterns),
+        "backup_tool": run.tool.name,
+        "patterns_file": str(run.tool.selection_path(run.runtime)),
         "notes": list(run.notes),  # what the plugins' checks found, e.g. the replica the dump is taken on
     }

@@ -1,8 +1,9 @@
-"""The archives of a repository as emg-borg sees them: one `borg list`, newest first, and each
-archive's manifest read when first needed (several at once when many are) and then cached
-locally for good (`manifest_cache`). Only archives that carry `emg-borg/manifest.json` count.
+"""The archives of a repository as emg-borg sees them: one listing by the repository's tool
+(`borg list`, `restic snapshots`), newest first, and each archive's manifest read when first
+needed (several at once when many are) and then cached locally for good (`manifest_cache`).
+Only archives that carry `emg-borg/manifest.json` count.
 
-Times: borg reports an archive's start time in local time without a zone, to the second.
+Times are the tool's start times, to the second.
 """
 
 from __future__ import annotations
@@ -13,11 +14,11 @@ import datetime
 import json
 import logging
 
+from emg_borg.core.backup_tool import Listed, Repository
 from emg_borg.core.manifest import ARCHIVE_PATH as MANIFEST_ARCHIVE_PATH
 from emg_borg.core.manifest import Manifest, ManifestVersionError
-from emg_borg.external import borg
+from emg_borg.lifecycle import tools
 from emg_borg.lifecycle.manifest_cache import ManifestCache
-from emg_borg.lifecycle.repository import Repository
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +30,7 @@ class Archive:
     name: str
     time: datetime.datetime
     manifest: Manifest
+    id: str = ""  # the tool's id of the archive (restic: the snapshot's full id)
 
     def summary(self) -> dict:
         """What `emg-borg archives` shows of an archive."""
@@ -44,21 +46,6 @@ class Archive:
             "dump_bytes": self.manifest.dump_bytes,
             "categories": sorted(self.manifest.get("categories") or {}),
         }
-
-
-@dataclasses.dataclass(frozen=True)
-class Listed:
-    """An archive as `borg list` shows it."""
-
-    name: str
-    id: str
-    time: datetime.datetime
-
-
-def archive_time(entry: dict) -> datetime.datetime:
-    """borg's start time of an archive (local, without zone) as an aware datetime, to the second."""
-    naive = datetime.datetime.fromisoformat(entry.get("start") or entry["time"])
-    return naive.replace(microsecond=0).astimezone()
 
 
 def parse_manifest(data: bytes | str | None, name: str) -> Manifest | None:
@@ -78,20 +65,23 @@ class Catalog:
     """One listing of a repository; `save()` keeps what was read for the next command."""
 
     def __init__(self, repository: Repository):
-        self.repository = repository
-        data = borg.list_repository(repository.location, env=repository.env, glob=repository.match_archives)
-        entries = data["archives"]
-        # Newest first; archives started within the same second keep borg's order (oldest first)
-        # reversed, so the one written last still comes first.
-        ordered = sorted(enumerate(entries), key=lambda item: (archive_time(item[1]), item[0]), reverse=True)
-        self.listed = [Listed(e["name"], e.get("id") or e["name"], archive_time(e)) for _, e in ordered]
-        self.cache = ManifestCache(data["repository"]["id"], repository.env)
+        self.repository, self.tool = repository, tools.of(repository)
+        listing = self.tool.listing(repository)
+        # Newest first; archives started within the same second keep the tool's order (oldest
+        # first) reversed, so the one written last still comes first.
+        ordered = sorted(enumerate(listing.entries), key=lambda item: (item[1].time, item[0]), reverse=True)
+        self.listed = [entry for _, entry in ordered]
+        self.cache = ManifestCache(listing.repository_id, repository.env)
 
     def named(self, name: str) -> Listed | None:
-        return next((entry for entry in self.listed if entry.name == name), None)
+        """The archive named `name`, else the one whose id is or begins with it (restic's ids)."""
+        found = next((entry for entry in self.listed if entry.name == name), None)
+        if found is None and len(name) >= 8:
+            found = next((entry for entry in self.listed if entry.id.startswith(name)), None)
+        return found
 
     def _read(self, entry: Listed) -> str | None:
-        data = borg.read_file(self.repository.location, entry.name, MANIFEST_ARCHIVE_PATH, env=self.repository.env)
+        data = self.tool.read(self.repository, entry, entry.manifest_path)
         return None if data is None else data.decode("utf-8", errors="replace")
 
     def fetch(self, entries) -> None:
@@ -120,7 +110,7 @@ class Catalog:
                 raise
             logger.warning("%s; not listed", error)
             return None
-        return None if manifest is None else Archive(entry.name, entry.time, manifest)
+        return None if manifest is None else Archive(entry.name, entry.time, manifest, entry.id)
 
     def archives(self, entries=None) -> list[Archive]:
         """The emg-borg archives among `entries` (default: all), newest first."""

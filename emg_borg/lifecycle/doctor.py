@@ -12,10 +12,9 @@ import os
 import shutil
 from pathlib import Path
 
-from emg_borg.errors import CommandError, EmgBorgError
+from emg_borg.errors import EmgBorgError
 from emg_borg.external import findmnt
-from emg_borg.external.execute import run as run_command
-from emg_borg.lifecycle import backup, borg_version, doctor_borgmatic, providers, session
+from emg_borg.lifecycle import archives, backup, doctor_borgmatic, providers, session, tools
 from emg_borg.lifecycle.checks import FAIL, OK, WARN, Check, warnings_as_checks
 from emg_borg.lifecycle.checks import failed  # noqa: F401 - for the command line
 from emg_borg.lifecycle.extract import human_size
@@ -42,10 +41,14 @@ def doctor(config_path, manager, borgmatic_config=None) -> list[Check]:
                         + (f", database {db.database} (profile {db.label})" if db else ", no DBPROFILE")))
     checks += snapshot_checks(run)
     checks += runtime_dir_checks(run)
-    checks += tool_checks(borgmatic_config)
+    run.tool = tools.configured(config)
+    checks += run.tool.doctor(run, borgmatic_config)
     checks += plugin_checks(run, manager)
     last_dump = None
-    if borgmatic_config:
+    if run.tool.name != "borg":
+        found, last_dump = repository_check(run.tool.name)
+        checks += found
+    elif borgmatic_config:
         with warnings_as_checks("borgmatic", checks):
             found, last_dump = doctor_borgmatic.checks(borgmatic_config, run, config_path)
         checks += found
@@ -119,27 +122,20 @@ def free_space_check(run, last_dump: int | None, streams: bool = False) -> Check
     return Check("free space", status, f"{human_size(free)} free in {where}{advice} ({basis}){lvm}")
 
 
-def _version(argv) -> str | None:
+def repository_check(tool: str) -> tuple[list[Check], int | None]:
+    """The repository the environment names for `tool` (restic: RESTIC_REPOSITORY): its newest
+    emg-borg archive, whose dump size tells how much room the next staged dump needs."""
     try:
-        result = run_command(argv, timeout=30)
-    except CommandError:
-        return None
-    return result.stdout.strip().splitlines()[0] if result.stdout.strip() else ""
-
-
-def tool_checks(borgmatic_config=None) -> list[Check]:
-    """The borg borgmatic runs (its `local_path`, else `borg` on PATH), and borgmatic."""
-    try:
-        problem, found = borg_version.check(borgmatic_config)
-    except EmgBorgError as error:  # an unreadable borgmatic configuration: its own check says so
-        problem, found = str(error), ""
-    checks = [Check("borg", FAIL, problem) if problem else Check("borg", OK, found)]
-    found = _version(("borgmatic", "--version"))
-    if found is None:
-        checks.append(Check("borgmatic", WARN, "borgmatic: not found on PATH (needed unless a script runs the hooks)"))
-    else:
-        checks.append(Check("borgmatic", OK, f"borgmatic {found} ({shutil.which('borgmatic')})"))
-    return checks
+        repository = archives.resolve_repository(tool=tool)
+        found = archives.emg_archives(repository)
+    except EmgBorgError as error:
+        return [Check("repository", WARN, f"not checked: {error}")], None
+    if not found:
+        return [Check("repository", WARN, f"{repository}: no emg-borg archive yet")], None
+    newest = found[0]
+    return [Check("repository", OK, f"{repository}: newest emg-borg archive {newest.name} "
+                                    f"({newest.time.isoformat(timespec='seconds')}, message id "
+                                    f"{newest.manifest.get('message_id')})")], newest.manifest.dump_bytes
 
 
 def plugin_checks(run, manager) -> list[Check]:

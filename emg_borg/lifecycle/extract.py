@@ -1,8 +1,8 @@
 """Extracting categories of an emg-borg archive: into a directory, or over the live paths.
 
-borg extracts into its working directory, so "into DIR" is borg run in DIR, and "in place" is
-borg run in `/` (or in the test tree standing in for it). What to extract is always a borg
-patterns file built from the manifest's roots (`emg_borg.emg.categories`), so the extraction, the
+The repository's tool writes the archive paths (the live paths) under the destination: "into
+DIR" is DIR, "in place" is `/` (or the test tree standing in for it). What to extract is always
+chosen by the manifest's category roots (`emg_borg.emg.categories`), so the extraction, the
 dry-run listing and `emg-borg patterns` agree on every path.
 """
 
@@ -14,13 +14,14 @@ import shutil
 import time
 from pathlib import Path
 
-from emg_borg.emg import categories as category_module
-from emg_borg.errors import EmgBorgError, UsageError
-from emg_borg.external import borg
 from emg_borg import __version__
+from emg_borg.core.backup_tool import Extracted
 from emg_borg.core.files import free_name
 from emg_borg.core.progress import PROGRESS, Throttle
-from emg_borg.lifecycle.archives import Archive, Repository, patterns_file, select
+from emg_borg.emg import categories as category_module
+from emg_borg.errors import EmgBorgError, UsageError
+from emg_borg.lifecycle import tools
+from emg_borg.lifecycle.archives import Archive, Repository, select
 
 logger = logging.getLogger(__name__)
 
@@ -49,21 +50,17 @@ def pattern_text(archive: Archive, selected) -> str:
 
 
 def plan(repository: Repository, archive: Archive, selected) -> dict[str, list[dict]]:
-    """What an extraction would write, by category: borg's own listing through the same patterns."""
+    """What an extraction would write, by category: the tool's own listing of the same selection."""
     manifest_categories = archive.manifest.categories
     by_category: dict[str, list[dict]] = {c: [] for c in selected}
-    with patterns_file(category_module.pattern_lines(manifest_categories, selected)) as patterns:
-        items = borg.list_items(repository.location, archive.name, patterns, env=repository.env)
-    for item in items:
-        category = category_module.category_of(item["path"], manifest_categories)
-        by_category.setdefault(category or "other", []).append(
-            {"path": item["path"], "type": item.get("type"), "size": item.get("size", 0)}
-        )
+    for item in tools.of(repository).plan(repository, archive, selected):
+        category = category_module.category_of(item.path, manifest_categories)
+        by_category.setdefault(category or "other", []).append(item.to_dict())
     return by_category
 
 
 class Progress:
-    """Turns borg's progress messages into a progress line every few seconds."""
+    """Turns the tool's progress messages (borg's `progress_percent`) into a progress line every few seconds."""
 
     def __init__(self, what: str, interval: float | None = None):
         self.what, self.throttle = what, Throttle() if interval is None else Throttle(interval)
@@ -92,23 +89,21 @@ def human_size(n: float) -> str:
     return f"{n} B"
 
 
-def extract(repository: Repository, archive: Archive, selected, destination: Path) -> borg.Extracted:
-    """Extract the selected categories into `destination` (which must exist). Returns borg's
+def extract(repository: Repository, archive: Archive, selected, destination: Path) -> Extracted:
+    """Extract the selected categories into `destination` (which must exist). Returns the tool's
     item count and the warnings naming the paths it could not write (the caller fails on them)."""
-    lines = category_module.pattern_lines(archive.manifest.categories, selected)
     progress = Progress(f"extracting {', '.join(selected)} from {archive.name}")
     logger.info("extracting %s from %s into %s", ", ".join(selected), archive.name, destination)
-    with patterns_file(lines) as patterns:
-        result = borg.extract(repository.location, archive.name, patterns, destination, progress, env=repository.env)
+    result = tools.of(repository).extract(repository, archive, selected, destination, progress)
     logger.info("extracted %d items in %.1f s%s", result.items, progress.elapsed(),
                 f", {len(result.warnings)} with problems" if result.warnings else "")
     return result
 
 
-def incomplete(result: borg.Extracted) -> str:
+def incomplete(result: Extracted, repository: Repository) -> str:
     """One line naming what an extraction with warnings could not write."""
     shown = "; ".join(result.warnings[:3]) + (f"; and {len(result.warnings) - 3} more" if len(result.warnings) > 3 else "")
-    return f"borg could not write {len(result.warnings)} path(s): {shown}"
+    return f"{tools.of(repository).name} could not write {len(result.warnings)} path(s): {shown}"
 
 
 def check_destination(destination: str | None, in_place: bool) -> Path | None:
@@ -136,7 +131,7 @@ def new_directory(archive: Archive, base: Path | None = None) -> Path:
 
 @contextlib.contextmanager
 def created_directory(path: Path, keep_on_error: bool):
-    """Create `path` for an extraction and remove it again (with whatever borg wrote) on failure,
+    """Create `path` for an extraction and remove it again (with whatever was written) on failure,
     unless it existed before or `keep_on_error`."""
     existed = path.exists()
     path.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -160,7 +155,7 @@ def extract_categories(selection, categories: str, destination: str | None, in_p
     with created_directory(where, keep_on_error=in_place):
         extracted = extract(repository, archive, selected, where)
     if not extracted.complete:
-        raise EmgBorgError(f"extraction into {where} incomplete: {incomplete(extracted)}")
+        raise EmgBorgError(f"extraction into {where} incomplete: {incomplete(extracted, repository)}")
     return {"archive": archive.name, "categories": list(selected), "destination": str(where), "items": extracted.items}
 
 
@@ -175,5 +170,8 @@ def extract_plan(selection, categories: str) -> dict:
 def patterns_of(selection, categories: str) -> str:
     """`emg-borg patterns`: the borg patterns file selecting categories of the selected archive."""
     selected = category_module.parse(categories)
-    _, archive = select(selection)
+    repository, archive = select(selection)
+    if tools.of(repository).name != "borg":
+        raise UsageError(f"patterns prints a borg patterns file; {repository} is a {tools.of(repository).name} "
+                         f"repository: use emg-borg extract (--dry-run lists what it would write)")
     return pattern_text(archive, present(archive, selected))

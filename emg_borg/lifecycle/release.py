@@ -17,7 +17,7 @@ from emg_borg.core.runlock import NOTHING, OTHER, RunLock
 from emg_borg.core.runtime import Ledger, RuntimeDir, run_owner_pid
 from emg_borg.core.signals import signals_deferred
 from emg_borg.errors import EmgBorgError
-from emg_borg.lifecycle import archive_check, archives, outcome, providers
+from emg_borg.lifecycle import archive_check, archives, outcome, providers, tools
 
 logger = logging.getLogger(__name__)
 
@@ -58,15 +58,16 @@ def release_resources(run: BackupRun) -> None:
 
 
 def release_and_unlock(run: BackupRun, lock: RunLock) -> None:
-    """Release everything, remove the patterns file (its roots are gone) and the emptied mount
+    """Release everything, remove the tool's selection file (its roots are gone) and the emptied mount
     directories, and give up the run lock once the ledger is empty. A release that failed keeps
     the lock and the ledger, so `on-error` or the next run tries again."""
     with signals_deferred():
         try:
             release_resources(run)
         finally:
-            with contextlib.suppress(FileNotFoundError):
-                run.runtime.patterns.unlink()
+            for path in tools.selection_files(run.runtime):
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
             remove_empty_dirs(run.runtime.snapshots)
             if not run.ledger.entries:
                 lock.give_up(run.owner_pid)
@@ -86,8 +87,9 @@ def release_backup(config, manager, *, force=False, repository=None, dry_run=Fal
         with runtime.guard():  # a before-backup starting now must not lose its patterns file
             found, other = lock.claim(run.owner_pid, run.ledger, force=force, dry_run=dry_run)
             if found == NOTHING:
-                with contextlib.suppress(FileNotFoundError):
-                    runtime.patterns.unlink()
+                for path in tools.selection_files(runtime):
+                    with contextlib.suppress(FileNotFoundError):
+                        path.unlink()
     if found == NOTHING:
         if command == outcome.ON_ERROR and not dry_run:  # before-backup failed, or borgmatic before it
             outcome.report(run, command, succeeded=False)
@@ -130,4 +132,5 @@ def run_archive(run: BackupRun) -> str:
     which = f"the archive of emg-borg run {run_id} (started {started})"
     if not run.repository and not run.borgmatic_config:
         return which
-    return archives.name_run_archive(which, run_id, started, run.repository, run.borgmatic_config)
+    return archives.name_run_archive(which, run_id, started, run.repository, run.borgmatic_config,
+                                     run.config["backup"]["tool"])

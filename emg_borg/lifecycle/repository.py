@@ -1,45 +1,30 @@
-"""The borg repository a restore-side command reads, and what its borg processes need to read it.
+"""The repository a restore-side command reads, the tool that reads it, and what its processes need.
 
-`--repository REPO`, else the first repository of `--borgmatic-config FILE`, else `$BORG_REPO`.
+borg: `--repository REPO`, else the first repository of `--borgmatic-config FILE`, else `$BORG_REPO`.
 With a borgmatic configuration, `--repository` may name one of its repositories by label or path,
 and borg gets what borgmatic would give it: the passphrase settings, `ssh_command` (BORG_RSH),
 `remote_path` (BORG_REMOTE_PATH), the key, base, config, cache and security directories, and the
 archive names it makes (`match_archives`, else `archive_name_format`) as `--glob-archives`.
 Everything travels in the environment of the borg processes, never in argv.
+
+restic (`[backup] tool = "restic"`, or no borg repository named while `RESTIC_REPOSITORY` is set):
+`--repository REPO`, else `$RESTIC_REPOSITORY` (or `$RESTIC_REPOSITORY_FILE`), with the password
+as restic users give it (`RESTIC_PASSWORD_FILE`, `RESTIC_PASSWORD_COMMAND`, `RESTIC_PASSWORD`),
+all passed to restic in its environment.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import re
 import shlex
 from pathlib import Path
 
+from emg_borg.core.backup_tool import Repository
 from emg_borg.errors import UsageError
 
 logger = logging.getLogger(__name__)
-
-
-@dataclasses.dataclass(frozen=True)
-class Repository:
-    """A borg repository, the environment its borg processes need (a passphrase taken from a
-    borgmatic configuration travels here, never in argv), and the glob of the archive names to
-    consider (borg 1.4's `--glob-archives`; None: all)."""
-
-    location: str
-    env: dict | None = dataclasses.field(default=None, repr=False)
-    match_archives: str | None = None
-
-    def __post_init__(self):
-        # borg runs in the extraction directory, so a relative local path must be made absolute;
-        # `ssh://...` and scp-style `host:path` locations stay as they are.
-        if ":" not in self.location:
-            object.__setattr__(self, "location", os.path.abspath(os.path.expanduser(self.location)))
-
-    def __str__(self) -> str:
-        return self.location
 
 
 # borgmatic's option -> borg's environment variable (borgmatic/borg/environment.py), for the
@@ -180,13 +165,52 @@ def archive_glob(settings: dict) -> str | None:
     return None if glob == "*" else glob
 
 
-def resolve_repository(repository: str | None = None, borgmatic_config: str | None = None) -> Repository:
+RESTIC_PASSWORD = ("RESTIC_PASSWORD_FILE", "RESTIC_PASSWORD_COMMAND", "RESTIC_PASSWORD")
+
+
+def _restic_location() -> str | None:
+    if os.environ.get("RESTIC_REPOSITORY"):
+        return os.environ["RESTIC_REPOSITORY"]
+    path = os.environ.get("RESTIC_REPOSITORY_FILE")
+    if not path:
+        return None
+    try:
+        return Path(path).read_text().strip() or None
+    except OSError as error:
+        raise UsageError(f"RESTIC_REPOSITORY_FILE {path}: {error.strerror}")
+
+
+def restic_repository(repository: str | None = None) -> Repository:
+    """A restic repository: `repository`, else RESTIC_REPOSITORY (or RESTIC_REPOSITORY_FILE); the
+    location and the password settings reach restic in its environment only."""
+    location = repository or _restic_location()
+    if not location:
+        raise UsageError("no restic repository: pass --repository REPO or set RESTIC_REPOSITORY")
+    if not any(os.environ.get(name) for name in RESTIC_PASSWORD):
+        raise UsageError("no restic password: set RESTIC_PASSWORD_FILE or RESTIC_PASSWORD_COMMAND (or "
+                         "RESTIC_PASSWORD) as for restic itself")
+    found = Repository(location, tool="restic")
+    env = {k: v for k, v in os.environ.items() if k != "RESTIC_REPOSITORY_FILE"}
+    env["RESTIC_REPOSITORY"] = found.location
+    return Repository(found.location, env, None, "restic")
+
+
+def resolve_repository(repository: str | None = None, borgmatic_config: str | None = None,
+                       tool: str | None = None) -> Repository:
     """`repository` (with `borgmatic_config`: one of its repositories, by label or path, with its
-    settings), else the first repository of `borgmatic_config`, else `$BORG_REPO`."""
+    settings), else the first repository of `borgmatic_config`, else `$BORG_REPO`; read by borg.
+    With `tool` "restic", or when nothing names a borg repository and `$RESTIC_REPOSITORY` is set,
+    a restic repository (`restic_repository`)."""
     if borgmatic_config:
+        if tool == "restic":
+            raise UsageError('--borgmatic-config names borg repositories, but [backup] tool = "restic": name the '
+                             'restic repository with --repository or RESTIC_REPOSITORY')
         return borgmatic_repository(borgmatic_config, repository)
+    if tool == "restic" or (not repository and not os.environ.get("BORG_REPO") and _restic_location()):
+        return restic_repository(repository)
     if repository:
         return Repository(repository)
     if os.environ.get("BORG_REPO"):
         return Repository(os.environ["BORG_REPO"])
-    raise UsageError("no repository: pass --repository REPO or --borgmatic-config FILE, or set BORG_REPO")
+    raise UsageError("no repository: pass --repository REPO or --borgmatic-config FILE, or set BORG_REPO "
+                     "(or RESTIC_REPOSITORY)")

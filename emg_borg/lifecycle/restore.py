@@ -27,7 +27,7 @@ from emg_borg.emg import categories as category_module
 from emg_borg.emg import layout as emg_layout
 from emg_borg.emg import servercfg
 from emg_borg.errors import ConfigError, EmgBorgError, UsageError
-from emg_borg.external import borg
+from emg_borg.lifecycle import tools
 from emg_borg.lifecycle import extract as extraction
 from emg_borg.lifecycle.archives import Archive, Repository, Selection, select
 from emg_borg.lifecycle.restore_files import note_live_spool, restore_files
@@ -161,7 +161,7 @@ class DumpFetcher:
             extracted = extraction.extract(run.repository, run.archive, ("database",), self.scratch)
             if not extracted.complete:
                 raise EmgBorgError(f"archive {run.archive.name}: the dumps could not be extracted: "
-                                   f"{extraction.incomplete(extracted)}; not loading them")
+                                   f"{extraction.incomplete(extracted, run.repository)}; not loading them")
         path = self.scratch / dump.path
         problem = dump.problem(path)
         if problem:
@@ -238,7 +238,7 @@ def archived_layout(repository: Repository, archive: Archive) -> ArchivedLayout:
     db = None
     cfg_path = manifest.get("server_cfg")
     if cfg_path:
-        text = borg.read_file(repository.location, archive.name, cfg_path.lstrip("/"), env=repository.env)
+        text = tools.of(repository).read_member(repository, archive, cfg_path.lstrip("/"))
         if text is None:
             logger.warning("archive %s has no %s", archive.name, cfg_path)
         else:

@@ -1,7 +1,7 @@
 """Restore: the spool and configuration files put back over the live paths.
 
 An existing spool is moved aside first, so old and restored queue files never mix; overwritten
-configuration files are named; paths borg could not write are collected, and make the restore
+configuration files are named; paths the tool could not write are collected, and make the restore
 incomplete (the database is then not loaded).
 """
 
@@ -16,6 +16,7 @@ from emg_borg.core.run import RestoreRun
 from emg_borg.emg import categories as category_module
 from emg_borg.emg import layout as emg_layout
 from emg_borg.lifecycle import extract as extraction
+from emg_borg.lifecycle import tools
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +46,8 @@ def restore_files(restore: RestoreRun, files: tuple) -> None:
                  f"{', '.join(str(restore.live(r)) for r in roots)}")
     for warning in extracted.warnings:
         restore.unwritten.append(warning)
-        restore.todo(f"NOT RESTORED (borg could not write it; fix the cause and extract it again): {warning}")
+        restore.todo(f"NOT RESTORED ({tools.of(restore.repository).name} could not write it; fix the cause and "
+                     f"extract it again): {warning}")
     unwritten = {warning.split(":", 1)[0] for warning in extracted.warnings}
     replaced = [str(path) for path in overwritten if str(path.relative_to(restore.target)) not in unwritten]
     if replaced:

@@ -76,7 +76,7 @@ def verify(config, manager, selection: Selection, *, load_dump=False, scratch_db
             scratch.mkdir(parents=True, exist_ok=True, mode=0o700)
         extracted = extraction.extract(repository, archive, wanted, scratch)
         if not extracted.complete:
-            checks.append(Check("extract", False, extraction.incomplete(extracted)))
+            checks.append(Check("extract", False, extraction.incomplete(extracted, repository)))
         else:
             checks.append(Check("extract", extracted.items > 0, f"{extracted.items} items of {', '.join(wanted)}"))
         checks.extend(file_checks(scratch, manifest))
