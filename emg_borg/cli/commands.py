@@ -26,7 +26,11 @@ def _tool(args, manager) -> str | None:
     then borg, or restic when only RESTIC_REPOSITORY names a repository)."""
     if not os.path.exists(args.config):
         return None
-    return _config(args, manager)["backup"]["tool"]
+    from emg_borg.errors import ConfigError
+    try:
+        return _config(args, manager)["backup"]["tool"]
+    except ConfigError:
+        return None  # an unreadable configuration does not stop the restore side (as before restic)
 
 
 def _selection(args, manager) -> archives.Selection:  # noqa: F821 - imported in the body

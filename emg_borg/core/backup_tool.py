@@ -108,6 +108,8 @@ class BackupTool:
 
     name: ClassVar[str]
     selection_name: ClassVar[str]  # the file in runtime_dir the tool reads
+    selection_label: ClassVar[str]  # what that file is, for messages ("patterns file")
+    line_label: ClassVar[str]  # what its lines are, for messages ("pattern lines")
     repository_advice: ClassVar[str]  # how after-backup is told the repository, to check the run's archive
 
     def selection_path(self, runtime) -> Path:

@@ -109,7 +109,7 @@ def before_backup(config, manager, *, dry_run=False, repository=None, borgmatic_
                 selection = tool.collect(run, pattern_lines(run))
                 run.step = "writing the manifest"
                 manifest = write_manifest(run, tool.manifest_fields(run, selection))
-                run.step = f"writing {tool.selection_path(run.runtime)}"
+                run.step = f"writing the {tool.selection_label}"
                 count = tool.write_selection(run, selection)
             except OSError as error:
                 where = f" ({error.filename})" if error.filename else ""
@@ -122,8 +122,8 @@ def before_backup(config, manager, *, dry_run=False, repository=None, borgmatic_
             error.further = [*getattr(error, "further", []), str(incomplete)]
         raise
     logger.info(
-        "ready for %s: message id %s, freeze window %.1f ms, %d lines in %s", tool.name,
-        run.message_id, run.freeze_window_ms or 0, count, tool.selection_path(run.runtime),
+        "ready for %s: message id %s, freeze window %.1f ms, %d %s in %s", tool.name,
+        run.message_id, run.freeze_window_ms or 0, count, tool.line_label, tool.selection_path(run.runtime),
     )
     return manifest
 

@@ -76,7 +76,7 @@ class Catalog:
     def named(self, name: str) -> Listed | None:
         """The archive named `name`, else the one whose id is or begins with it (restic's ids)."""
         found = next((entry for entry in self.listed if entry.name == name), None)
-        if found is None and len(name) >= 8:
+        if found is None and len(name) >= 8 and self.tool.name == "restic":
             found = next((entry for entry in self.listed if entry.id.startswith(name)), None)
         return found
 

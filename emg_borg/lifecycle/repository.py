@@ -206,7 +206,9 @@ def resolve_repository(repository: str | None = None, borgmatic_config: str | No
             raise UsageError('--borgmatic-config names borg repositories, but [backup] tool = "restic": name the '
                              'restic repository with --repository or RESTIC_REPOSITORY')
         return borgmatic_repository(borgmatic_config, repository)
-    if tool == "restic" or (not repository and not os.environ.get("BORG_REPO") and _restic_location()):
+    # Without a configuration (a rebuilt machine) RESTIC_REPOSITORY alone means restic; with one,
+    # only its `[backup] tool` does.
+    if tool == "restic" or (tool is None and not repository and not os.environ.get("BORG_REPO") and _restic_location()):
         return restic_repository(repository)
     if repository:
         return Repository(repository)

@@ -84,6 +84,8 @@ def _version_line(argv) -> str | None:
 class Borg(BackupTool):
     name = "borg"
     selection_name = "patterns"
+    selection_label = "patterns file"
+    line_label = "pattern lines"
     repository_advice = "pass --borgmatic-config {configuration_filename}"
 
     def preflight(self, run) -> list[str]:

@@ -54,6 +54,8 @@ def manifest_path(snapshot: dict) -> str | None:
 class Restic(BackupTool):
     name = "restic"
     selection_name = "restic-files"
+    selection_label = "restic file list"
+    line_label = "paths"
     repository_advice = "give the hooks RESTIC_REPOSITORY and RESTIC_PASSWORD_FILE, or pass --repository"
 
     def backup_command(self, runtime) -> str:
