@@ -112,6 +112,19 @@ def parse(lines) -> Selection:
     return Selection(list(dict.fromkeys(roots)), rules, stored)
 
 
+def keep_replaced(selection: Selection) -> None:
+    """Drop the `- pf:` lines that leave out a file another root stores in its place (the
+    snapshot's stale `seqno`, replaced by the staged one). Left out, they would split the
+    snapshot's view into its entries, and restic 0.14 finds no parent snapshot once the entries
+    change (a file added to the spool), so it would read the whole spool again. Listed whole,
+    the view's copy is stored too; the restore side lets the staging area's copy win."""
+    supplied = {live_path(selection.stored_roots, root) for root in selection.roots
+                if live_path(selection.stored_roots, root) != os.path.normpath(root)}
+    selection.rules = [rule for rule in selection.rules
+                       if not (rule.action == "-" and rule.style == "pf"
+                               and live_path(selection.stored_roots, rule.pattern) in supplied)]
+
+
 def _decide(rules, path: str) -> str:
     for rule in rules:
         if rule.matches(path):
