@@ -6,7 +6,8 @@ The plugins describe what to archive in borg's pattern language (`emg_borg_backu
 has neither `/./` nor patterns in a file list, so the roots are walked here, the first matching
 line deciding each path as borg would (a line matches a path or a directory above it; `!` also
 skips what lies below). A directory whose whole tree is selected is listed as one line (restic
-reads it recursively); one with something left out inside is replaced by its selected children.
+reads it recursively); one with something left out inside is replaced by its selected children
+(`keep_replaced` keeps the spool's view whole: see there).
 restic stores what it reads, so the spool lands under the snapshot's mount path and `seqno`
 under the staging area: every `base` of a `/./` root becomes a stored root standing for `/`.
 

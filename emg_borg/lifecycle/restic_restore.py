@@ -3,11 +3,14 @@
 restic restores a path only under the path it stored it at (`/var/lib/emg-borg/snapshots/...`
 for the spool), so `restic restore --include` writes into a private scratch directory on the
 file system of the destination, and the restored trees are then moved (renamed) to the live
-paths the manifest's `stored_roots` say they stand for. A file that exists at the destination
-is replaced by a rename (never half-written); a directory that exists is merged into, and gets
-the archived mode, owner and times. Only the selected categories are moved (a nested root of an
-unselected category, such as the logs inside EMGDIR, stays behind); the scratch directory goes
-in every case.
+paths the manifest's `stored_roots` say they stand for; where two stored roots stand for the same
+path, the staging area's copy (`staged_root`: the staged seqno) is moved last and wins. A file
+that exists at the destination is replaced by a rename (never half-written); a directory that
+exists is merged into. Directories get the archived mode, owner and times from the copy holding
+their category's content (`_Mover`). Only the selected categories are moved (a nested root of
+an unselected category, such as the logs inside EMGDIR, stays behind); nothing is written through
+a symlink and no symlink is replaced (as borg: "not extracted, a parent directory is a
+symlink"); the scratch directory goes in every case.
 
 The scratch directory lies inside the destination directory when it exists (the spool may be a
 mount point of its own, and a rename cannot cross file systems), else in the nearest directory
