@@ -218,7 +218,9 @@ def spool_file_count(emg: Emg) -> int:
 def test_btrfs_second_run_reads_no_unchanged_spool_file_again(tmp_path, mariadb, btrfs_mount, restic_env):
     """The snapshot is mounted at the same path on every run and keeps inode numbers and ctimes,
     so restic's parent snapshot finds every unchanged spool file unmodified (no --ignore-inode or
-    --ignore-ctime needed); only emg-borg's staged files (manifest, seqno) are read again."""
+    --ignore-ctime needed); only emg-borg's staged files (manifest, seqno) are read again. The
+    snapshot's view is listed whole (its stale seqno too), so a file added to the spool does not
+    change the list's entries: the third run reads only that file; the staged seqno still wins."""
     restic("init")
     emg = use_restic(Emg(tmp_path, mariadb, provider="btrfs", spooldir=btrfs_mount / "spool" / "emg"))
     text = emg.config_path.read_text()
@@ -232,11 +234,23 @@ def test_btrfs_second_run_reads_no_unchanged_spool_file_again(tmp_path, mariadb,
           f"({time.monotonic() - between:.1f} s); spool files {spool_file_count(emg)}")
     assert leftovers(emg) == []
     assert first["files_unmodified"] == 0
-    assert second["files_unmodified"] == spool_file_count(emg) > 0
-    assert second["total_files_processed"] == spool_file_count(emg) + 2  # and the manifest, seqno
+    # the spool's files and the snapshot's own (stale) seqno; read again: the staged manifest and seqno
+    assert second["files_unmodified"] == spool_file_count(emg) + 1 > 1
+    assert second["total_files_processed"] == spool_file_count(emg) + 3
     assert json.loads(emg.emg_borg("archives", "--json").stdout)[0]["snapshot_provider"] == "btrfs"
     view = emg.runtime / "snapshots"
     assert any(path.startswith(f"{view}/") for path in snapshots()[-1]["paths"])  # restic stored the snapshot's view
+
+    before = spool_file_count(emg)
+    (emg.tree.spooldir / "queue-9999.hdb").write_bytes(b"added at the spool's top level")
+    third = backup(emg)
+    assert (third["files_new"], third["files_unmodified"]) == (1, before + 1), third
+    out = tmp_path / "out"
+    emg.emg_borg("extract", "--categories", "data", "--destination", str(out))
+    manifest = json.loads(restic("dump", "latest", str(emg.runtime / "staging" / "emg-borg" / "manifest.json")).stdout)
+    assert (out / rel(emg.tree.spooldir / "seqno")).read_text() == f"{manifest['message_id']}\n" != "1\n"
+    assert (out / rel(emg.tree.spooldir / "queue-9999.hdb")).read_bytes() == b"added at the spool's top level"
+    assert leftovers(emg) == []
 
 
 def test_btrfs_snapshot_under_write_load_restores_the_dumps_counter(tmp_path, mariadb, btrfs_mount, restic_env):
@@ -409,4 +423,123 @@ def test_after_backup_names_a_run_that_restic_did_not_store(restic_emg):
     assert result.returncode == 1
     lines = error_lines(result)
     assert len(lines) == 1 and "restic did not store the run's manifest" in lines[0], result.stderr
+    assert leftovers(emg) == []
+
+
+def test_restored_directories_keep_their_archived_mode_owner_and_times(restic_emg, tmp_path):
+    """The staging area only carries the staged seqno: its directories (root, 0700) give the
+    restored spool directory nothing; the spool's and EMGDIR's own mode, owner and times come back."""
+    emg = restic_emg
+    for directory in (emg.tree.spooldir, emg.tree.emgdir):
+        os.chown(directory, 1234, 1234)
+        directory.chmod(0o755)
+        os.utime(directory, (1e9, 1e9))
+    backup(emg)
+    out = tmp_path / "out"
+    emg.emg_borg("extract", "--categories", "config,data", "--destination", str(out))
+    for directory in (emg.tree.spooldir, emg.tree.emgdir):
+        restored = os.stat(out / rel(directory))
+        assert (oct(restored.st_mode & 0o7777), restored.st_uid, restored.st_mtime) == ("0o755", 1234, 1e9), directory
+    assert (out / rel(emg.tree.spooldir / "seqno")).read_text() == "1049\n"
+
+
+def test_a_root_whose_path_holds_pattern_characters_is_restored(tmp_path, mariadb, restic_env):
+    """restic's --include takes patterns: `[` and `\\` in a stored path are escaped."""
+    restic("init")
+    emg = use_restic(Emg(tmp_path, mariadb, spooldir=tmp_path / "spool [a]\\b*" / "emg"))
+    backup(emg)
+    out = tmp_path / "out"
+    emg.emg_borg("extract", "--categories", "data", "--destination", str(out))
+    spool = {k: v for k, v in files_under(emg.tree.spooldir).items() if k != "seqno"}
+    restored = files_under(out / rel(emg.tree.spooldir))
+    assert restored.pop("seqno") == b"1049\n"
+    assert restored == spool and spool
+
+
+def test_extraction_writes_through_no_symlink_and_keeps_an_unselected_one(restic_emg, tmp_path):
+    """As borg: a path below a symlink in the destination is not extracted (named, exit 1), and
+    a symlink of a category that was not selected (a versioned bin/) stays."""
+    emg = restic_emg
+    server_cfg = emg.tree.server_cfg.read_text().replace("CONFIG=plugin.cfg", "CONFIG=bin/plugin.cfg")
+    emg.tree.server_cfg.write_text(server_cfg)
+    (emg.tree.bindir / "plugin.cfg").write_text("INTERVAL=30\n")
+    backup(emg)
+
+    outside, target = tmp_path / "outside", tmp_path / "target"
+    outside.mkdir()
+    (target / rel(emg.tree.emgdir.parent)).parent.mkdir(parents=True)
+    (target / rel(emg.tree.emgdir.parent)).symlink_to(outside)
+    result = emg.emg_borg("extract", "--categories", "config,data", "--destination", str(target), "--in-place",
+                          check=False)
+    assert result.returncode == 1
+    assert f"{rel(emg.tree.emgdir)}: not extracted, a parent directory is a symlink" in error_lines(result)[0]
+    assert list(outside.iterdir()) == []
+    assert (target / rel(emg.tree.spooldir / "seqno")).read_text() == "1049\n"
+
+    versioned = tmp_path / "versioned"
+    (versioned / "bin-7.3").mkdir(parents=True)
+    second = tmp_path / "second"
+    (second / rel(emg.tree.emgdir)).mkdir(parents=True)
+    (second / rel(emg.tree.bindir)).symlink_to(versioned / "bin-7.3")
+    result = emg.emg_borg("extract", "--categories", "config", "--destination", str(second), "--in-place",
+                          check=False)
+    assert result.returncode == 1
+    assert f"{rel(emg.tree.bindir / 'plugin.cfg')}: not extracted, a parent directory is a symlink" in \
+        error_lines(result)[0], result.stderr
+    assert (second / rel(emg.tree.bindir)).is_symlink() and list((versioned / "bin-7.3").iterdir()) == []
+    assert (second / rel(emg.tree.server_cfg)).read_text() == server_cfg
+
+
+SLOW_RESTIC = """#!/bin/sh
+case " $* " in *" restore "*) echo $$ > "{pidfile}"; exec sleep 300;; esac
+exec {restic} "$@"
+"""
+
+
+def test_sigterm_during_an_extraction_stops_restic_and_leaves_no_scratch(restic_emg, tmp_path):
+    emg = restic_emg
+    backup(emg)
+    wrapper, pidfile = tmp_path / "slow-bin" / "restic", tmp_path / "restic.pid"
+    wrapper.parent.mkdir()
+    wrapper.write_text(SLOW_RESTIC.format(pidfile=pidfile, restic=shutil.which("restic")))
+    wrapper.chmod(0o755)
+    out = tmp_path / "out"
+    env = {**os.environ, "PATH": f"{wrapper.parent}{os.pathsep}{os.environ['PATH']}"}
+    process = subprocess.Popen([sys.executable, "-m", "emg_borg", "-c", str(emg.config_path), "extract",
+                                "--destination", str(out)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    try:
+        while not pidfile.exists() or not pidfile.read_text().strip():
+            assert process.poll() is None, process.communicate()
+            time.sleep(0.1)
+        restic_pid = int(pidfile.read_text())
+        process.send_signal(15)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    deadline = time.monotonic() + 10
+    while os.path.exists(f"/proc/{restic_pid}") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    survived = os.path.exists(f"/proc/{restic_pid}")
+    if survived:
+        os.kill(restic_pid, 9)  # the test's own process, which emg-borg should have stopped
+    assert process.returncode != 0 and "interrupted by SIGTERM" in stderr, stderr
+    assert not survived
+    assert not out.exists() or not [p for p in out.rglob("*") if "restic-" in p.name]
+    assert leftovers(emg) == []
+
+
+def test_after_backup_names_a_listed_path_restic_skipped(restic_emg):
+    """restic 0.14 skips a listed path that is gone (exit 0); after-backup compares the
+    snapshot's paths with the list."""
+    emg = restic_emg
+    emg.emg_borg("before-backup")
+    (emg.tree.emgdir / "routing").unlink()
+    restic("backup", "--tag", "emg-borg", "--files-from-verbatim", emg.runtime / "restic-files")
+    result = emg.emg_borg("after-backup", check=False)
+    assert result.returncode == 1
+    lines = error_lines(result)
+    assert len(lines) == 1 and "DO NOT TRUST" in lines[0] and str(emg.tree.emgdir / "routing") in lines[0], result.stderr
     assert leftovers(emg) == []

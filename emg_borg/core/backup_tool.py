@@ -143,6 +143,11 @@ class BackupTool:
         RESTIC_REPOSITORY): after-backup then checks the run's archive there."""
         return False
 
+    def not_stored(self, repository: Repository, archive, selection: list[str]) -> list[str]:
+        """The paths of the run's selection file (its lines) that the tool did not store in
+        `archive` (after-backup's check); borg names each one it could not read in its own errors."""
+        return []
+
     def doctor(self, run, borgmatic_config) -> list:
         """`emg_borg.lifecycle.checks.Check` lines about the tool, for `emg-borg doctor`."""
         raise NotImplementedError

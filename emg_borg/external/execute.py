@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import re
 import shlex
+import signal
 import subprocess
 import time
 
@@ -48,9 +50,21 @@ def last_line(text: str) -> str:
     lines = [line.strip() for line in (text or "").splitlines() if line.strip()]
     return lines[-1] if lines else ""
 
+_PR_SET_PDEATHSIG = 1
+try:  # resolved before any fork: the child only calls it
+    _prctl = ctypes.CDLL(None, use_errno=True).prctl
+except (OSError, AttributeError):  # pragma: no cover - not Linux
+    _prctl = None
+
+
+def die_with_parent() -> None:
+    """In a child, before exec: the kernel kills it when emg-borg dies (even by SIGKILL)."""
+    if _prctl is not None:
+        _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
 
 def run(argv: tuple, *, input: str | None = None, env=None, pass_fds=(), check=True, timeout=None,
-        what: str | None = None, secret_args: bool = False) -> subprocess.CompletedProcess:
+        what: str | None = None, secret_args: bool = False, dies_with_us: bool = False) -> subprocess.CompletedProcess:
     """Run `argv` and return the completed process with text stdout/stderr.
 
     A missing executable or a non-zero exit (when `check`) raises `CommandError` whose message
@@ -64,6 +78,7 @@ def run(argv: tuple, *, input: str | None = None, env=None, pass_fds=(), check=T
         result = subprocess.run(
             argv, input=input, env=env, pass_fds=pass_fds, capture_output=True, text=True,
             timeout=timeout, stdin=None if input is not None else subprocess.DEVNULL,
+            preexec_fn=die_with_parent if dies_with_us else None,
         )
     except FileNotFoundError:
         raise CommandError(f"{argv[0]}: command not found (is it installed and on PATH?)")

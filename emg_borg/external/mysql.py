@@ -7,7 +7,6 @@ as `--defaults-extra-file=/dev/fd/N` (the way borgmatic does it), and PyMySQL ge
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import dataclasses
 import logging
 import os
@@ -16,7 +15,7 @@ import subprocess
 import threading
 
 from emg_borg.errors import CommandError, EmgBorgError
-from emg_borg.external.execute import describe, last_line
+from emg_borg.external.execute import describe, die_with_parent, last_line
 
 logger = logging.getLogger(__name__)
 
@@ -133,7 +132,7 @@ class Dump:
             # process, it dies too (the moment between its start and the ledger's record).
             self.process = subprocess.Popen(
                 argv, stdout=self._out, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, pass_fds=pass_fds,
-                start_new_session=True, preexec_fn=_die_with_parent,
+                start_new_session=True, preexec_fn=die_with_parent,
             )
         except FileNotFoundError:
             self._out.close()
@@ -182,18 +181,6 @@ class Dump:
                 os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait()
         self._out.close()
-
-
-_PR_SET_PDEATHSIG = 1
-try:  # resolved before any fork: the child only calls it
-    _prctl = ctypes.CDLL(None, use_errno=True).prctl
-except (OSError, AttributeError):  # pragma: no cover - not Linux
-    _prctl = None
-
-
-def _die_with_parent() -> None:
-    if _prctl is not None:
-        _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def _ends_with_footer(path, footer: bytes) -> bool:

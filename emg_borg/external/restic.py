@@ -76,22 +76,30 @@ def dump(snapshot: str, path: str, env=None) -> bytes | None:
     raise _error(f"restic dump {path} from {snapshot}", result)
 
 
-def ls(snapshot: str, paths, env=None) -> list[dict]:
-    """The nodes under the stored `paths` of a snapshot (recursively), each with `path`, `type`
-    (file, dir, symlink, ...) and `size`."""
+def ls(snapshot: str, paths, env=None, recursive=True) -> list[dict]:
+    """The nodes under the stored `paths` of a snapshot (recursively, or the paths and their
+    children), each with `path`, `type` (file, dir, symlink, ...) and `size`."""
     if not paths:
         return []
-    out = _run((RESTIC, *READ, "ls", "--json", "--recursive", snapshot, *paths), f"restic ls {snapshot}", env)
+    deep = ("--recursive",) if recursive else ()
+    out = _run((RESTIC, *READ, "ls", "--json", *deep, snapshot, *paths), f"restic ls {snapshot}", env)
     nodes = [json.loads(line) for line in out.splitlines() if line.strip()]
     return [node for node in nodes if node.get("struct_type") == "node"]
+
+
+def pattern_of(path: str) -> str:
+    """`path` as a restic pattern matching it alone: restic matches each component like Go's
+    filepath.Match, where `\\`, `*`, `?` and `[` are special."""
+    return re.sub(r"([\\*?\[])", r"\\\1", path)
 
 
 def restore(snapshot: str, target, includes, env=None) -> list[tuple[str, str]]:
     """`restic restore SNAPSHOT --target TARGET --include ...`: the stored paths `includes` (and
     what lies below them) restored under `target`. Returns (stored path, error) for each path
     restic could not write (its "ignoring error for" lines, exit 1); other failures raise."""
-    argv = (RESTIC, *READ, "restore", snapshot, "--target", str(target), *(f"--include={p}" for p in includes))
-    result = run(argv, check=False, env=env)
+    argv = (RESTIC, *READ, "restore", snapshot, "--target", str(target),
+            *(f"--include={pattern_of(p)}" for p in includes))
+    result = run(argv, check=False, env=env, dies_with_us=True)
     ignored = [(m["path"], m["error"]) for m in map(IGNORED.match, result.stderr.splitlines()) if m]
     if result.returncode == 0 or (result.returncode == 1 and ignored):
         return ignored

@@ -43,7 +43,15 @@ def _repositories(run: BackupRun) -> list:
     return [resolve_repository(run.repository, run.borgmatic_config, tools.configured(run.config).name)]
 
 
-def check(run: BackupRun, manifest_bytes: bytes | None) -> list[str]:
+def handed_selection(run: BackupRun) -> list[str]:
+    """The lines of the selection file this run handed the tool, read before the release removes it."""
+    try:
+        return tools.configured(run.config).selection_path(run.runtime).read_text().splitlines()
+    except OSError:
+        return []
+
+
+def check(run: BackupRun, manifest_bytes: bytes | None, selection: list[str] = ()) -> list[str]:
     """Why the run's archive cannot be trusted, in each repository of the run; [] when every
     archive holds the manifest and each dump at the size the manifest states."""
     if manifest_bytes is None:
@@ -70,9 +78,14 @@ def check(run: BackupRun, manifest_bytes: bytes | None) -> list[str]:
                 continue
             wanted.update({dump.path: dump.bytes for dump in archive.manifest.dumps})
             items = tools.of(repository).members(repository, archive, ("emg-borg",))
+            missing = tools.of(repository).not_stored(repository, archive, list(selection))
         except EmgBorgError as error:
             failures.append(f"cannot check the archive of emg-borg run {run_id} in {repository}: {error}")
             continue
+        if missing:
+            shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+            failures.append(f"DO NOT TRUST archive {repository}::{archive.name}: {tools.of(repository).name} did not "
+                            f"store {len(missing)} listed path(s), gone when it read them: {shown}")
         sizes = {item.path: item.size for item in items if item.type == "-"}
         for path, size in wanted.items():
             if sizes.get(path) != size:

@@ -17,6 +17,7 @@ from pathlib import Path
 from emg_borg import __version__
 from emg_borg.core.backup_tool import Extracted
 from emg_borg.core.files import free_name
+from emg_borg.core.signals import signals_raise
 from emg_borg.core.progress import PROGRESS, Throttle
 from emg_borg.emg import categories as category_module
 from emg_borg.errors import EmgBorgError, UsageError
@@ -152,7 +153,7 @@ def extract_categories(selection, categories: str, destination: str | None, in_p
     repository, archive = select(selection)
     selected = present(archive, selected)
     where = where or new_directory(archive)
-    with created_directory(where, keep_on_error=in_place):
+    with signals_raise(), created_directory(where, keep_on_error=in_place):
         extracted = extract(repository, archive, selected, where)
     if not extracted.complete:
         raise EmgBorgError(f"extraction into {where} incomplete: {incomplete(extracted, repository)}")

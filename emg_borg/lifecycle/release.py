@@ -115,10 +115,11 @@ def release_backup(config, manager, *, force=False, repository=None, dry_run=Fal
     run.failures.extend(problem for problem in found if problem not in reported)
     run.ledger.meta["reported"] = list(dict.fromkeys([*reported, *found]))
     handed_to_borg = archive_check.expected_manifest(run) if command == outcome.AFTER_BACKUP else None
+    selection = archive_check.handed_selection(run) if command == outcome.AFTER_BACKUP else []
     with outcome.reported(run, command):
         release_and_unlock(run, lock)
         if not run.failures:
-            run.failures.extend(archive_check.check(run, handed_to_borg))
+            run.failures.extend(archive_check.check(run, handed_to_borg, selection))
         if run.failures:
             raise EmgBorgError("; ".join(run.failures))
     return "released"

@@ -6,7 +6,8 @@ The plugins describe what to archive in borg's pattern language (`emg_borg_backu
 has neither `/./` nor patterns in a file list, so the roots are walked here, the first matching
 line deciding each path as borg would (a line matches a path or a directory above it; `!` also
 skips what lies below). A directory whose whole tree is selected is listed as one line (restic
-reads it recursively); one with something left out inside is replaced by its selected children.
+reads it recursively); one with something left out inside is replaced by its selected children
+(`keep_replaced` keeps the spool's view whole: see there).
 restic stores what it reads, so the spool lands under the snapshot's mount path and `seqno`
 under the staging area: every `base` of a `/./` root becomes a stored root standing for `/`.
 
@@ -110,6 +111,19 @@ def parse(lines) -> Selection:
         else:
             raise EmgBorgError(f"selection line {line!r}: not understood for restic (R, P, !, -, + lines only)")
     return Selection(list(dict.fromkeys(roots)), rules, stored)
+
+
+def keep_replaced(selection: Selection) -> None:
+    """Drop the `- pf:` lines that leave out a file another root stores in its place (the
+    snapshot's stale `seqno`, replaced by the staged one). Left out, they would split the
+    snapshot's view into its entries, and restic 0.14 finds no parent snapshot once the entries
+    change (a file added to the spool), so it would read the whole spool again. Listed whole,
+    the view's copy is stored too; the restore side lets the staging area's copy win."""
+    supplied = {live_path(selection.stored_roots, root) for root in selection.roots
+                if live_path(selection.stored_roots, root) != os.path.normpath(root)}
+    selection.rules = [rule for rule in selection.rules
+                       if not (rule.action == "-" and rule.style == "pf"
+                               and live_path(selection.stored_roots, rule.pattern) in supplied)]
 
 
 def _decide(rules, path: str) -> str:

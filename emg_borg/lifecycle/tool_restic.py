@@ -83,6 +83,7 @@ class Restic(BackupTool):
     def collect(self, run, lines: list[str]) -> restic_files.Selection:
         selection = restic_files.parse(lines)
         selection.stored_roots.setdefault(str(run.runtime.staging), "/")
+        restic_files.keep_replaced(selection)
         files, skipped = restic_files.files(selection)
         if skipped:
             run.warnings.append(f"not archived: {len(skipped)} path(s) whose names hold a newline, which restic's "
@@ -91,13 +92,20 @@ class Restic(BackupTool):
         return selection
 
     def manifest_fields(self, run, collected) -> dict:
-        return {"stored_roots": dict(sorted(collected.stored_roots.items()))}
+        return {"stored_roots": dict(sorted(collected.stored_roots.items())), "staged_root": str(run.runtime.staging)}
 
     def write_selection(self, run, collected) -> int:
         staged = sorted(str(path) for path in (run.runtime.staging / "emg-borg").iterdir())
         lines = list(dict.fromkeys([*staged, *collected.roots]))
         write_private(self.selection_path(run.runtime), "\n".join(lines) + "\n")
         return len(lines)
+
+    def not_stored(self, repository, archive, selection: list[str]) -> list[str]:
+        # restic 0.14 skips a listed path that is gone with a warning and exit 0; the snapshot's
+        # `paths` then lack it.
+        stored = next((set(s.get("paths") or ()) for s in restic.snapshots(env=repository.env)
+                       if s["id"] == archive.id), set())
+        return [path for path in selection if path and path not in stored]
 
     def doctor(self, run, borgmatic_config) -> list[Check]:
         found = shutil.which(restic.RESTIC)
@@ -136,7 +144,8 @@ class Restic(BackupTool):
         return restic.dump(listed.id, path, env=repository.env) if path else None
 
     def read_member(self, repository, archive, path: str) -> bytes | None:
-        for stored in restic_files.stored_paths(archive.manifest.get("stored_roots") or {}, path):
+        # The staging area's copy wins (the staged seqno over the snapshot's stale one).
+        for stored in reversed(restic_restore.Selected(archive.manifest, ()).stored([path.strip("/")])):
             data = restic.dump(archive.id or archive.name, stored, env=repository.env)
             if data is not None:
                 return data
