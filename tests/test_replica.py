@@ -299,6 +299,13 @@ def start_before_backup(emg: Emg) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+def stop_if_running(process: subprocess.Popen) -> None:
+    """A test's own before-backup, killed if a failed assertion left it running."""
+    if process.poll() is None:
+        process.kill()
+        process.wait()
+
+
 def wait_paused(replica, process, seconds=30) -> None:
     deadline = time.monotonic() + seconds
     while replica.replica_status().get("Slave_SQL_Running") != "No":
@@ -337,9 +344,7 @@ def test_emg_borg_killed_while_replication_is_paused(tmp_path, mariadb, healthy,
         assert replicating(healthy), (result.stderr, healthy.replica_status())
         assert not (emg.runtime / "ledger.json").exists()
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+        stop_if_running(process)
     assert leftovers(emg) == []
 
 
@@ -400,9 +405,7 @@ def test_the_replica_killed_while_paused_fails_the_run_and_replicates_again_once
         assert lines[1:] == [] or (len(lines) == 2 and "is still stopped" in lines[1]
                                    and "the next after-backup, on-error or before-backup resumes it" in lines[1]), stderr
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+        stop_if_running(process)
         if healthy.process is None:
             with monkeypatch.context() as env:
                 env.delenv(TEST_MARK)  # the module's server, not this test's process
@@ -434,10 +437,7 @@ def test_two_installations_sharing_a_replica_take_turns(tmp_path, mariadb, healt
             b_out, b_err = b.communicate(timeout=120)
             a_out, a_err = a.communicate(timeout=120)
         finally:
-            for process in (a,):
-                if process.poll() is None:
-                    process.kill()
-                    process.wait()
+            stop_if_running(a)
         assert a.returncode == 0, a_err
         assert b.returncode == 0, b_err
         for emg in (first, second):
@@ -465,9 +465,7 @@ def test_a_hung_before_backup_is_taken_over_by_its_guard(tmp_path, mariadb, heal
         process.communicate(timeout=60)
         assert process.returncode == 1
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+        stop_if_running(process)
     emg.emg_borg("on-error", check=False)
     assert replicating(healthy)
     assert leftovers(emg) == []
@@ -488,9 +486,7 @@ def test_a_replica_that_stops_answering_ends_the_run_instead_of_hanging_it(tmp_p
         assert process.returncode == 1
         assert f"127.0.0.1:{healthy.port}" in [line for line in stderr.splitlines() if "error:" in line][0], stderr
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+        stop_if_running(process)
     emg.emg_borg("on-error", check=False)
     assert wait_replicating(healthy, 60), healthy.replica_status()
     assert leftovers(emg) == []
@@ -512,9 +508,7 @@ def test_a_replica_promoted_after_a_killed_run_is_not_made_to_replicate_again(tm
         assert healthy.replica_status()["Slave_SQL_Running"] == "No"
         assert not (emg.runtime / "ledger.json").exists()
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+        stop_if_running(process)
         healthy.sql("SET GLOBAL read_only = 1")
     assert leftovers(emg) == []
 
