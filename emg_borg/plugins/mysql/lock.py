@@ -39,26 +39,42 @@ def close(run) -> None:
             connection.close()
 
 
-def _kill_after(settings, thread_id: int, timeout: float, done: threading.Event, killed: list,
-                what: str = "QUERY") -> None:
-    """After `timeout` seconds (unless `done` is set first), end the statement (`QUERY`) or the
-    whole session (`CONNECTION`, which releases its locks) from a second connection."""
-    if done.wait(timeout):
-        return
-    # Recorded before the KILL is sent: the killed statement's error can reach the main thread
-    # before the KILL returns here, and must be read as this timeout.
-    killed.append(time.monotonic())
-    with contextlib.suppress(Exception):
-        guard = mysql.connect(settings, connect_timeout=5)
-        with guard.cursor() as cursor:
-            cursor.execute(f"KILL {what} {int(thread_id)}")
-        guard.close()
+class Watchdog:
+    """After `timeout` seconds (unless stopped first), end the statement (`QUERY`) or the whole
+    session (`CONNECTION`, which releases its locks) from a second connection.
 
+    `stop()` waits for the thread: a KILL under way is finished before the command goes on, and
+    no thread is left talking to the server while the interpreter shuts down (a daemon thread
+    inside PyMySQL at exit crashed the process with SIGSEGV, 1 run in 6 of the hanging-command
+    test)."""
 
-def _watch(settings, thread_id: int, timeout: float, what: str = "QUERY"):
-    done, killed = threading.Event(), []
-    threading.Thread(target=_kill_after, args=(settings, thread_id, timeout, done, killed, what), daemon=True).start()
-    return done, killed
+    JOIN_SECONDS = 15  # the guard's connect (5 s) and read (5 s) timeouts, and some slack
+
+    def __init__(self, settings, thread_id: int, timeout: float, what: str = "QUERY"):
+        self.settings, self.thread_id, self.timeout, self.what = settings, int(thread_id), timeout, what
+        self._stopped = threading.Event()
+        # Set before the KILL is sent: the killed statement's error can reach the main thread
+        # before the KILL returns here, and must be read as this timeout.
+        self.fired = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"emg-borg kill {what.lower()} watchdog", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        if self._stopped.wait(self.timeout):
+            return
+        self.fired.set()
+        with contextlib.suppress(Exception):
+            guard = mysql.connect(self.settings, connect_timeout=5, read_timeout=5)
+            try:
+                with guard.cursor() as cursor:
+                    cursor.execute(f"KILL {self.what} {self.thread_id}")
+            finally:
+                guard.close()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        if self._thread is not threading.current_thread():
+            self._thread.join(self.JOIN_SECONDS)
 
 
 class FreezeTooLong(EmgBorgError):
@@ -82,16 +98,16 @@ def global_read_lock(run):
             # session, and with it the lock, by itself.
             cursor.execute("SET SESSION wait_timeout = %s, interactive_timeout = %s",
                            (math.ceil(max_freeze), math.ceil(max_freeze)))
-        done, killed = _watch(settings, connection.thread_id(), timeout)
+        waiting = Watchdog(settings, connection.thread_id(), timeout)
         logger.info("taking a global read lock on %s (waiting at most %g s, holding it at most %g s)",
                     settings.describe(), timeout, max_freeze)
         try:
             with connection.cursor() as cursor:
                 cursor.execute("FLUSH TABLES WITH READ LOCK")
         except Exception as error:  # noqa: BLE001 - PyMySQL errors vary; all mean "no lock"
-            done.set()
+            waiting.stop()
             # ER_LOCK_WAIT_TIMEOUT, or ER_QUERY_INTERRUPTED by our watchdog
-            timed_out = killed or getattr(error, "args", (None,))[0] in (1205, 1317)
+            timed_out = waiting.fired.is_set() or getattr(error, "args", (None,))[0] in (1205, 1317)
             reason = f"waited {timeout:g} s" if timed_out else str(error)
             if mode == "best-effort":
                 logger.warning("no global read lock (%s); going on unlocked: the dump and the spool may differ", reason)
@@ -102,32 +118,32 @@ def global_read_lock(run):
                 f"cannot take a global read lock on {settings.describe()} ({reason}); long-running queries may be "
                 f"in the way. Set [mysql] lock = \"best-effort\" to go on without it"
             )
-        done.set()
+        waiting.stop()
         acquired = time.monotonic()
         run.lock_state = "held"
         run.freeze_deadline = acquired + max_freeze
         # At max_freeze the session is killed from outside, whatever this process is doing.
-        released, expired = _watch(settings, connection.thread_id(), max_freeze, "CONNECTION")
+        holding = Watchdog(settings, connection.thread_id(), max_freeze, "CONNECTION")
         try:
             # Under the lock the binlog position cannot move: it is the dump's position too.
             # Unlocked it would describe neither the dump nor the snapshot, so it is not recorded.
             run.state(NAME)["binlog"] = binlog_position(connection)
             yield
         except BaseException as error:
-            released.set()
-            if expired or time.monotonic() >= run.freeze_deadline:
+            holding.stop()
+            if holding.fired.is_set() or time.monotonic() >= run.freeze_deadline:
                 raise _too_long(run, max_freeze) from error
             raise
         finally:
-            released.set()
+            holding.stop()
             held = time.monotonic() - acquired
             run.freeze_window_ms = round(held * 1000, 3)
-            if not expired:
+            if not holding.fired.is_set():
                 with contextlib.suppress(Exception):
                     with connection.cursor() as cursor:
                         cursor.execute("UNLOCK TABLES")
             logger.info("global read lock released after %.1f ms", run.freeze_window_ms)
-        if expired or held >= max_freeze:
+        if holding.fired.is_set() or held >= max_freeze:
             raise _too_long(run, max_freeze)
         if held > max_freeze / 2:
             warning = (f"the consistency point took {held:.2f} s, more than half of [mysql] max_freeze "
