@@ -488,13 +488,32 @@ def test_a_refused_destroy_stays_in_the_ledger_and_the_next_release_removes_it(t
     name, mount_point = pool
     emg = Emg(tmp_path, None, provider="zfs", spooldir=mount_point / "spool" / "emg")
     emg.emg_borg("before-backup")
-    flag = zfs_refusing(tmp_path, monkeypatch, "destroy", "cannot destroy: dataset is busy")
+    # Not "busy": that answer is retried for about 15 s per dataset (the next test shows the retry).
+    flag = zfs_refusing(tmp_path, monkeypatch, "destroy", "cannot destroy: permission denied")
     result = emg.emg_borg("after-backup", check=False)
     errors = [line for line in result.stderr.splitlines() if line.startswith("emg-borg: error:")]
     assert result.returncode == 1 and len(errors) == 1 and "release incomplete" in errors[0], result.stderr
-    assert "dataset is busy" in errors[0]
+    assert "permission denied" in errors[0]
     assert f"{name}/spool@{tag(emg)}" in zfs_all(name)
     assert (emg.runtime / "ledger.json").exists() and (emg.runtime / "lock").exists()
     flag.unlink()
     emg.emg_borg("after-backup")
+    assert zfs_all(name) == [name, f"{name}/spool"] and leftovers(emg) == []
+
+
+def test_a_destroy_answered_busy_for_a_moment_is_retried(tmp_path, pool, monkeypatch):
+    """zfs-fuse can answer "dataset is busy" right after a clone was unmounted."""
+    name, mount_point = pool
+    emg = Emg(tmp_path, None, provider="zfs", spooldir=mount_point / "spool" / "emg")
+    emg.emg_borg("before-backup")
+    real = shutil.which("zfs")
+    fake, count = tmp_path / "fake-busy-zfs", tmp_path / "busy-answers"
+    fake.mkdir()
+    (fake / "zfs").write_text(f'#!/bin/sh\nif [ "$1" = destroy ] && [ "$(wc -c < {count} 2>/dev/null || echo 0)" -lt 3 ]; '
+                              f'then printf x >> {count}; echo "cannot destroy $2: dataset is busy" >&2; exit 1; fi\n'
+                              f'exec {real} "$@"\n')
+    (fake / "zfs").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake}{os.pathsep}{os.environ['PATH']}")
+    emg.emg_borg("after-backup")
+    assert count.read_text() == "xxx"  # three busy answers, then the real zfs destroyed it
     assert zfs_all(name) == [name, f"{name}/spool"] and leftovers(emg) == []
