@@ -543,3 +543,34 @@ def test_after_backup_names_a_listed_path_restic_skipped(restic_emg):
     lines = error_lines(result)
     assert len(lines) == 1 and "DO NOT TRUST" in lines[0] and str(emg.tree.emgdir / "routing") in lines[0], result.stderr
     assert leftovers(emg) == []
+
+
+WATCHING_RESTIC = """#!/bin/sh
+{restic} "$@"; status=$?
+case " $* " in *" restore "*) find "{outside}" | sort > "{seen}";; esac
+exit $status
+"""
+
+
+def test_extraction_writes_nothing_through_a_symlinked_directory_into_a_tree_outside(restic_emg, tmp_path,
+                                                                                     monkeypatch):
+    """A directory above EMGDIR in the destination is a symlink to a tree outside it that holds a
+    directory of EMGDIR's name: restic's scratch directory is not made there (restic would write
+    the selected trees outside the destination), and nothing is extracted through the link."""
+    emg = restic_emg
+    backup(emg)
+    outside, target, seen = tmp_path / "outside", tmp_path / "target", tmp_path / "seen"
+    (outside / emg.tree.emgdir.name).mkdir(parents=True)
+    (target / rel(emg.tree.emgdir.parent)).parent.mkdir(parents=True)
+    (target / rel(emg.tree.emgdir.parent)).symlink_to(outside)
+    wrapper = tmp_path / "watching-bin" / "restic"
+    wrapper.parent.mkdir()
+    wrapper.write_text(WATCHING_RESTIC.format(restic=shutil.which("restic"), outside=outside, seen=seen))
+    wrapper.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{wrapper.parent}{os.pathsep}{os.environ['PATH']}")
+    result = emg.emg_borg("extract", "--categories", "config", "--destination", str(target), "--in-place",
+                          check=False)
+    assert result.returncode == 1
+    assert f"{rel(emg.tree.emgdir)}: not extracted, a parent directory is a symlink" in error_lines(result)[0]
+    assert seen.read_text().splitlines() == [str(outside), str(outside / emg.tree.emgdir.name)]
+    assert [str(p) for p in outside.rglob("*")] == [str(outside / emg.tree.emgdir.name)]

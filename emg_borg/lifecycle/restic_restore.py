@@ -112,11 +112,19 @@ def items(snapshot: str, selection: Selected, tops, env, keep=None) -> list[Item
 
 
 def _scratch_parent(destination: Path, top: str) -> Path:
-    path = destination / top
-    if path.is_dir() and not path.is_symlink():
-        return path
-    while not path.is_dir() or path.is_symlink():
+    """The deepest directory on the way from the destination to `top` that exists and is reached
+    through no symbolic link (restic would write the whole tree through it, outside the
+    destination); the nearest existing directory above the destination when it does not exist."""
+    path = destination
+    while not path.is_dir():
         path = path.parent
+    if path != destination:
+        return path
+    for part in Path(top).parts:
+        below = path / part
+        if below.is_symlink() or not below.is_dir():
+            break
+        path = below
     return path
 
 
