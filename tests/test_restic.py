@@ -574,3 +574,43 @@ def test_extraction_writes_nothing_through_a_symlinked_directory_into_a_tree_out
     assert f"{rel(emg.tree.emgdir)}: not extracted, a parent directory is a symlink" in error_lines(result)[0]
     assert seen.read_text().splitlines() == [str(outside), str(outside / emg.tree.emgdir.name)]
     assert [str(p) for p in outside.rglob("*")] == [str(outside / emg.tree.emgdir.name)]
+
+
+LISTING_SLEEPS = """#!/bin/sh
+case " $* " in *" ls "*) echo $$ > "{pidfile}"; exec sleep 300;; esac
+exec {restic} "$@"
+"""
+
+
+def test_sigkill_of_emg_borg_leaves_no_restic_running(restic_emg, tmp_path):
+    """emg-borg is killed outright while restic lists the snapshot (over a stalled SFTP
+    connection it would list for ever): that restic dies with it, as `restic restore` does."""
+    emg = restic_emg
+    backup(emg)
+    wrapper, pidfile = tmp_path / "slow-bin" / "restic", tmp_path / "restic.pid"
+    wrapper.parent.mkdir()
+    wrapper.write_text(LISTING_SLEEPS.format(pidfile=pidfile, restic=shutil.which("restic")))
+    wrapper.chmod(0o755)
+    env = {**os.environ, "PATH": f"{wrapper.parent}{os.pathsep}{os.environ['PATH']}"}
+    process = subprocess.Popen([sys.executable, "-m", "emg_borg", "-c", str(emg.config_path), "extract",
+                                "--destination", str(tmp_path / "out")], env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    restic_pid = None
+    try:
+        while not pidfile.exists() or not pidfile.read_text().strip():
+            assert process.poll() is None, "emg-borg ended before it listed the snapshot"
+            time.sleep(0.1)
+        restic_pid = int(pidfile.read_text())
+        process.kill()
+        process.wait()
+        deadline = time.monotonic() + 10
+        while os.path.exists(f"/proc/{restic_pid}") and time.monotonic() < deadline:
+            time.sleep(0.1)
+        survived = os.path.exists(f"/proc/{restic_pid}")
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        if restic_pid and os.path.exists(f"/proc/{restic_pid}"):
+            os.kill(restic_pid, 9)  # the test's own sleeper, which should have died with emg-borg
+    assert not survived
