@@ -614,3 +614,22 @@ def test_sigkill_of_emg_borg_leaves_no_restic_running(restic_emg, tmp_path):
         if restic_pid and os.path.exists(f"/proc/{restic_pid}"):
             os.kill(restic_pid, 9)  # the test's own sleeper, which should have died with emg-borg
     assert not survived
+
+
+def test_a_rest_url_password_never_shows_whatever_the_user_and_password_hold(restic_emg, monkeypatch):
+    """`user@example.com` as the user, an `@` in the password: after-backup's line naming the
+    repository it could not check shows the URL with `***` for the password."""
+    from emg_borg.core.backup_tool import Repository
+
+    for url in ("rest:http://emg@example.com:s3cret@127.0.0.1:1/emg", "rest:http://emg:s3@cret@127.0.0.1:1/emg"):
+        assert str(Repository(url, tool="restic")) == url.replace("s3cret", "***").replace("s3@cret", "***")
+    emg = restic_emg
+    emg.emg_borg("before-backup")
+    monkeypatch.setenv("RESTIC_REPOSITORY", "rest:http://emg@example.com:s3cret@127.0.0.1:1/emg")
+    result = emg.emg_borg("after-backup", check=False)
+    assert result.returncode == 1
+    line, = error_lines(result)
+    assert "cannot check the archive of emg-borg run" in line and "rest:http://emg@example.com:***@127.0.0.1:1/emg" \
+        in line, line
+    assert "s3cret" not in result.stdout + result.stderr
+    assert leftovers(emg) == []

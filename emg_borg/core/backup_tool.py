@@ -53,7 +53,9 @@ class Repository:
         return CREDENTIALS.sub(r"\g<user>:***@", self.location)
 
 
-CREDENTIALS = re.compile(r"(?P<user>//[^/:@\s]+):[^@/\s]*@")
+# The user ends at the first `:`, the password at the last `@` before the host, as Go's URL parser
+# (restic's) reads them: both may hold an `@` (`user@example.com`, a generated password).
+CREDENTIALS = re.compile(r"(?P<user>//[^/:\s]*):[^/\s]*@")
 
 
 @dataclasses.dataclass(frozen=True)
