@@ -633,3 +633,28 @@ def test_a_rest_url_password_never_shows_whatever_the_user_and_password_hold(res
         in line, line
     assert "s3cret" not in result.stdout + result.stderr
     assert leftovers(emg) == []
+
+
+def test_after_backup_names_a_listed_file_restic_could_not_read(restic_emg):
+    """restic reads without CAP_DAC_OVERRIDE (as a restic user with limited rights does, or root
+    on an NFS export with root_squash) and cannot read a listed configuration file: it keeps the
+    path among the snapshot's `paths` but stores no file, and exits 3. A flow that takes exit 3
+    for a warning runs after-backup, which finds the file missing from the snapshot."""
+    emg = restic_emg
+    if not shutil.which("setpriv"):
+        unavailable("setpriv is missing (util-linux)")
+    emg.emg_borg("before-backup")
+    unreadable = emg.tree.emgdir / "routing"
+    assert str(unreadable) in (emg.runtime / "restic-files").read_text().splitlines()
+    unreadable.chmod(0)
+    without = "-dac_override,-dac_read_search"
+    result = run(["setpriv", f"--inh-caps={without}", f"--bounding-set={without}", "restic", "backup", "--tag",
+                  "emg-borg", "--files-from-verbatim", emg.runtime / "restic-files"], check=False)
+    assert result.returncode == 3, result.stderr
+    assert str(unreadable) in snapshots()[-1]["paths"]
+    released = emg.emg_borg("after-backup", check=False)
+    assert released.returncode == 1
+    lines = error_lines(released)
+    assert len(lines) == 1 and "DO NOT TRUST" in lines[0] and f"1 listed path(s)" in lines[0] \
+        and lines[0].endswith(f": {unreadable}"), released.stderr
+    assert leftovers(emg) == []

@@ -85,7 +85,7 @@ def check(run: BackupRun, manifest_bytes: bytes | None, selection: list[str] = (
         if missing:
             shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
             failures.append(f"DO NOT TRUST archive {repository}::{archive.name}: {tools.of(repository).name} did not "
-                            f"store {len(missing)} listed path(s), gone when it read them: {shown}")
+                            f"store {len(missing)} listed path(s), gone or unreadable when it read them: {shown}")
         sizes = {item.path: item.size for item in items if item.type == "-"}
         for path, size in wanted.items():
             if sizes.get(path) != size:

@@ -101,11 +101,16 @@ class Restic(BackupTool):
         return len(lines)
 
     def not_stored(self, repository, archive, selection: list[str]) -> list[str]:
-        # restic 0.14 skips a listed path that is gone with a warning and exit 0; the snapshot's
-        # `paths` then lack it.
-        stored = next((set(s.get("paths") or ()) for s in restic.snapshots(env=repository.env)
-                       if s["id"] == archive.id), set())
-        return [path for path in selection if path and path not in stored]
+        # restic 0.14 skips a listed path that is gone with a warning and exit 0; one it cannot
+        # read (EACCES, EIO) stays among the snapshot's `paths` with nothing stored (exit 3). So
+        # the snapshot's tree is asked: the entries of the listed paths' directories.
+        listed = [path for path in selection if path]
+        if not listed:
+            return []
+        parents = sorted({os.path.dirname(path) for path in listed})
+        stored = {node["path"] for node in restic.ls(archive.id or archive.name, parents, repository.env,
+                                                      recursive=False)}
+        return [path for path in listed if path not in stored]
 
     def doctor(self, run, borgmatic_config) -> list[Check]:
         found = shutil.which(restic.RESTIC)
