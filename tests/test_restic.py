@@ -635,12 +635,10 @@ def test_a_rest_url_password_never_shows_whatever_the_user_and_password_hold(res
     assert leftovers(emg) == []
 
 
-def test_after_backup_names_a_listed_file_restic_could_not_read(restic_emg):
-    """restic reads without CAP_DAC_OVERRIDE (as a restic user with limited rights does, or root
-    on an NFS export with root_squash) and cannot read a listed configuration file: it keeps the
-    path among the snapshot's `paths` but stores no file, and exits 3. A flow that takes exit 3
-    for a warning runs after-backup, which finds the file missing from the snapshot."""
-    emg = restic_emg
+def backup_unreadable(emg: Emg):
+    """before-backup, then restic without CAP_DAC_OVERRIDE (as a restic user with limited rights
+    runs, or root on an NFS export with root_squash), which cannot read a listed configuration
+    file: it keeps the path among the snapshot's `paths`, stores no file and exits 3."""
     if not shutil.which("setpriv"):
         unavailable("setpriv is missing (util-linux)")
     emg.emg_borg("before-backup")
@@ -652,9 +650,32 @@ def test_after_backup_names_a_listed_file_restic_could_not_read(restic_emg):
                   "emg-borg", "--files-from-verbatim", emg.runtime / "restic-files"], check=False)
     assert result.returncode == 3, result.stderr
     assert str(unreadable) in snapshots()[-1]["paths"]
+    return unreadable
+
+
+def test_after_backup_names_a_listed_file_restic_could_not_read(restic_emg):
+    """A flow that takes restic's exit 3 for a warning runs after-backup, which finds the file
+    missing from the snapshot."""
+    emg = restic_emg
+    unreadable = backup_unreadable(emg)
     released = emg.emg_borg("after-backup", check=False)
     assert released.returncode == 1
     lines = error_lines(released)
-    assert len(lines) == 1 and "DO NOT TRUST" in lines[0] and f"1 listed path(s)" in lines[0] \
+    assert len(lines) == 1 and "DO NOT TRUST" in lines[0] and "1 listed path(s)" in lines[0] \
         and lines[0].endswith(f": {unreadable}"), released.stderr
+    assert leftovers(emg) == []
+
+
+def test_on_error_names_the_snapshot_restic_saved_for_a_failed_run(restic_emg):
+    """The documented flows take restic's exit 3 for a failure and run on-error; the snapshot
+    restic saved is named (it would otherwise be the newest emg-borg archive, silently)."""
+    emg = restic_emg
+    backup_unreadable(emg)
+    snapshot = snapshots()[-1]
+    released = emg.emg_borg("on-error", check=False)
+    assert released.returncode == 1
+    line, = error_lines(released)
+    assert line.startswith(f"emg-borg: error: DO NOT TRUST archive {emg.tmp / 'repo.restic'}::{snapshot['short_id']}: "
+                           f"restic stored it for emg-borg run "), line
+    assert "which failed (restic saves its snapshot and exits 3 when it could not read every file)" in line
     assert leftovers(emg) == []

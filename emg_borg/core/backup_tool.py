@@ -113,6 +113,9 @@ class BackupTool:
     selection_label: ClassVar[str]  # what that file is, for messages ("patterns file")
     line_label: ClassVar[str]  # what its lines are, for messages ("pattern lines")
     repository_advice: ClassVar[str]  # how after-backup is told the repository, to check the run's archive
+    # Why a run the tool failed may still have stored an archive ("" when it never does): on-error
+    # then names it.
+    stores_failed_runs: ClassVar[str] = ""
 
     def selection_path(self, runtime) -> Path:
         return Path(runtime.root) / self.selection_name

@@ -57,6 +57,7 @@ class Restic(BackupTool):
     selection_label = "restic file list"
     line_label = "paths"
     repository_advice = "give the hooks RESTIC_REPOSITORY and RESTIC_PASSWORD_FILE, or pass --repository"
+    stores_failed_runs = "restic saves its snapshot and exits 3 when it could not read every file"
 
     def backup_command(self, runtime) -> str:
         return f"restic backup {BACKUP_OPTIONS} {self.selection_path(runtime)}"
