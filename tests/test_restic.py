@@ -679,3 +679,21 @@ def test_on_error_names_the_snapshot_restic_saved_for_a_failed_run(restic_emg):
                            f"restic stored it for emg-borg run "), line
     assert "which failed (restic saves its snapshot and exits 3 when it could not read every file)" in line
     assert leftovers(emg) == []
+
+
+def test_doctor_checks_that_ssh_to_an_sftp_repository_cannot_wait_for_ever(emg, restic_env, sftp_host, tmp_path,
+                                                                          monkeypatch):
+    """restic's ssh waits for ever at a prompt, for a host that does not answer or for a server
+    that stops answering mid-way, unless root's ssh configuration says otherwise: doctor reads
+    the settings `ssh -G` states for the repository's host."""
+    monkeypatch.setenv("RESTIC_REPOSITORY", f"sftp:backup-host:{sftp_host.directory}/emg.restic")
+    restic("init")
+    emg = use_restic(emg)
+    lines = [line for line in emg.emg_borg("doctor", check=False).stdout.splitlines() if line.split()[1:2] == ["ssh"]]
+    # Debian's ssh sets ServerAliveInterval 300 with BatchMode (the test host's configuration has it)
+    assert lines == ["warn ssh           for backup-host, set in root's ~/.ssh/config: ConnectTimeout 30 (else it waits "
+                     "for a host that does not answer)"], lines
+    config = tmp_path / "ssh-bin" / "ssh_config"
+    config.write_text(config.read_text() + "    ConnectTimeout 30\n    ServerAliveInterval 15\n")
+    lines = [line for line in emg.emg_borg("doctor", check=False).stdout.splitlines() if line.split()[1:2] == ["ssh"]]
+    assert lines == ["ok   ssh           backup-host: BatchMode, ConnectTimeout 30, ServerAliveInterval 15"], lines
