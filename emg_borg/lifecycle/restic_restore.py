@@ -12,9 +12,9 @@ an unselected category, such as the logs inside EMGDIR, stays behind); nothing i
 a symlink and no symlink is replaced (as borg: "not extracted, a parent directory is a
 symlink"); the scratch directory goes in every case.
 
-The scratch directory lies inside the destination directory when it exists (the spool may be a
-mount point of its own, and a rename cannot cross file systems), else in the nearest directory
-above it that exists; roots on different file systems get one scratch directory (and one
+The scratch directory lies in the deepest directory on the way from the destination to the
+root that exists and is reached through no symlink (the spool may be a mount point of its own,
+and a rename cannot cross file systems), else in the nearest directory above the destination; roots on different file systems get one scratch directory (and one
 `restic restore`) each.
 """
 
