@@ -697,3 +697,20 @@ def test_doctor_checks_that_ssh_to_an_sftp_repository_cannot_wait_for_ever(emg, 
     config.write_text(config.read_text() + "    ConnectTimeout 30\n    ServerAliveInterval 15\n")
     lines = [line for line in emg.emg_borg("doctor", check=False).stdout.splitlines() if line.split()[1:2] == ["ssh"]]
     assert lines == ["ok   ssh           backup-host: BatchMode, ConnectTimeout 30, ServerAliveInterval 15"], lines
+
+
+def test_two_installations_on_one_host_each_restore_their_own_latest(restic_env, mariadb, tmp_path):
+    """Two EMG installations on one machine (no NODEID) back up into one restic repository: the
+    first one's `latest` is its own snapshot, not the second one's newer one."""
+    restic("init")
+    first = use_restic(Emg(tmp_path / "first", mariadb))
+    second = use_restic(Emg(tmp_path / "second", mariadb))
+    unchecked = {k: v for k, v in os.environ.items() if k != "RESTIC_REPOSITORY"}  # after-backup: quickest
+    for emg in (first, second):
+        emg.config_path.write_text(emg.config_path.read_text().replace("[backup]\n", '[backup]\ncategories = ["config"]\n', 1))
+        emg.emg_borg("before-backup")
+        restic("backup", "--tag", "emg-borg", "--files-from-verbatim", emg.runtime / "restic-files")
+        run([sys.executable, "-m", "emg_borg", "-c", emg.config_path, "after-backup"], env=unchecked)
+    plan = json.loads(first.emg_borg("extract", "--dry-run", "--json", "--categories", "config").stdout)
+    server_cfgs = [item["path"] for item in plan["categories"]["config"] if item["path"].endswith("/server.cfg")]
+    assert server_cfgs == [rel(first.tree.server_cfg)]
