@@ -714,3 +714,22 @@ def test_two_installations_on_one_host_each_restore_their_own_latest(restic_env,
     plan = json.loads(first.emg_borg("extract", "--dry-run", "--json", "--categories", "config").stdout)
     server_cfgs = [item["path"] for item in plan["categories"]["config"] if item["path"].endswith("/server.cfg")]
     assert server_cfgs == [rel(first.tree.server_cfg)]
+
+
+def test_a_file_never_replaces_a_directory_holding_files(restic_emg, tmp_path):
+    """As borg: an archived file whose path is a directory holding files at the destination is
+    not extracted (named, exit 1) and the directory stays whole; an empty directory is replaced."""
+    emg = restic_emg
+    backup(emg)
+    target = tmp_path / "target"
+    users, routing = target / rel(emg.tree.emgdir / "users"), target / rel(emg.tree.emgdir / "routing")
+    users.mkdir(parents=True)
+    (users / "kept").write_text("not in the archive\n")
+    routing.mkdir()
+    result = emg.emg_borg("extract", "--categories", "config", "--destination", str(target), "--in-place",
+                          check=False)
+    assert result.returncode == 1
+    assert error_lines(result) == [f"emg-borg: error: extraction into {target} incomplete: restic could not write "
+                                   f"1 path(s): {rel(emg.tree.emgdir / 'users')}: Directory not empty"], result.stderr
+    assert (users / "kept").read_text() == "not in the archive\n"
+    assert routing.read_bytes() == (emg.tree.emgdir / "routing").read_bytes()
