@@ -552,11 +552,12 @@ exit $status
 """
 
 
-def test_extraction_writes_nothing_through_a_symlinked_directory_into_a_tree_outside(restic_emg, tmp_path,
+def test_extraction_makes_no_scratch_through_a_symlink_and_keeps_a_directory_holding_files(restic_emg, tmp_path,
                                                                                      monkeypatch):
     """A directory above EMGDIR in the destination is a symlink to a tree outside it that holds a
     directory of EMGDIR's name: restic's scratch directory is not made there (restic would write
-    the selected trees outside the destination), and nothing is extracted through the link."""
+    the selected trees outside the destination), and nothing is extracted through the link. And
+    a directory holding files where the archive has a file stays, as with borg."""
     emg = restic_emg
     backup(emg)
     outside, target, seen = tmp_path / "outside", tmp_path / "target", tmp_path / "seen"
@@ -575,18 +576,32 @@ def test_extraction_writes_nothing_through_a_symlinked_directory_into_a_tree_out
     assert seen.read_text().splitlines() == [str(outside), str(outside / emg.tree.emgdir.name)]
     assert [str(p) for p in outside.rglob("*")] == [str(outside / emg.tree.emgdir.name)]
 
+    # As borg: an archived file whose path is a directory holding files at the destination is not
+    # extracted (named, exit 1) and the directory stays whole; an empty directory is replaced.
+    target = tmp_path / "second"
+    users, routing = target / rel(emg.tree.emgdir / "users"), target / rel(emg.tree.emgdir / "routing")
+    users.mkdir(parents=True)
+    (users / "kept").write_text("not in the archive\n")
+    routing.mkdir()
+    result = emg.emg_borg("extract", "--categories", "config", "--destination", str(target), "--in-place",
+                          check=False)
+    assert result.returncode == 1
+    assert error_lines(result) == [f"emg-borg: error: extraction into {target} incomplete: restic could not write "
+                                   f"1 path(s): {rel(emg.tree.emgdir / 'users')}: Directory not empty"], result.stderr
+    assert (users / "kept").read_text() == "not in the archive\n"
+    assert routing.read_bytes() == (emg.tree.emgdir / "routing").read_bytes()
+
 
 LISTING_SLEEPS = """#!/bin/sh
-case " $* " in *" ls "*) echo $$ > "{pidfile}"; exec sleep 300;; esac
+case " $* " in *" snapshots "*) echo $$ > "{pidfile}"; exec sleep 300;; esac
 exec {restic} "$@"
 """
 
 
-def test_sigkill_of_emg_borg_leaves_no_restic_running(restic_emg, tmp_path):
-    """emg-borg is killed outright while restic lists the snapshot (over a stalled SFTP
+def test_sigkill_of_emg_borg_leaves_no_restic_running(emg, restic_env, tmp_path):
+    """emg-borg is killed outright while restic lists the snapshots (over a stalled SFTP
     connection it would list for ever): that restic dies with it, as `restic restore` does."""
-    emg = restic_emg
-    backup(emg)
+    emg = use_restic(emg)
     wrapper, pidfile = tmp_path / "slow-bin" / "restic", tmp_path / "restic.pid"
     wrapper.parent.mkdir()
     wrapper.write_text(LISTING_SLEEPS.format(pidfile=pidfile, restic=shutil.which("restic")))
@@ -598,7 +613,7 @@ def test_sigkill_of_emg_borg_leaves_no_restic_running(restic_emg, tmp_path):
     restic_pid = None
     try:
         while not pidfile.exists() or not pidfile.read_text().strip():
-            assert process.poll() is None, "emg-borg ended before it listed the snapshot"
+            assert process.poll() is None, "emg-borg ended before it listed the snapshots"
             time.sleep(0.1)
         restic_pid = int(pidfile.read_text())
         process.kill()
@@ -616,14 +631,14 @@ def test_sigkill_of_emg_borg_leaves_no_restic_running(restic_emg, tmp_path):
     assert not survived
 
 
-def test_a_rest_url_password_never_shows_whatever_the_user_and_password_hold(restic_emg, monkeypatch):
+def test_a_rest_url_password_never_shows_whatever_the_user_and_password_hold(emg, restic_env, monkeypatch):
     """`user@example.com` as the user, an `@` in the password: after-backup's line naming the
     repository it could not check shows the URL with `***` for the password."""
     from emg_borg.core.backup_tool import Repository
 
     for url in ("rest:http://emg@example.com:s3cret@127.0.0.1:1/emg", "rest:http://emg:s3@cret@127.0.0.1:1/emg"):
         assert str(Repository(url, tool="restic")) == url.replace("s3cret", "***").replace("s3@cret", "***")
-    emg = restic_emg
+    emg = use_restic(emg)
     emg.emg_borg("before-backup")
     monkeypatch.setenv("RESTIC_REPOSITORY", "rest:http://emg@example.com:s3cret@127.0.0.1:1/emg")
     result = emg.emg_borg("after-backup", check=False)
@@ -687,8 +702,7 @@ def test_doctor_checks_that_ssh_to_an_sftp_repository_cannot_wait_for_ever(emg, 
     that stops answering mid-way, unless root's ssh configuration says otherwise: doctor reads
     the settings `ssh -G` states for the repository's host."""
     monkeypatch.setenv("RESTIC_REPOSITORY", f"sftp:backup-host:{sftp_host.directory}/emg.restic")
-    restic("init")
-    emg = use_restic(emg)
+    emg = use_restic(emg)  # no repository needed: the ssh settings are read without it
     lines = [line for line in emg.emg_borg("doctor", check=False).stdout.splitlines() if line.split()[1:2] == ["ssh"]]
     # Debian's ssh sets ServerAliveInterval 300 with BatchMode (the test host's configuration has it)
     assert lines == ["warn ssh           for backup-host, set in root's ~/.ssh/config: ConnectTimeout 30 (else it waits "
@@ -714,22 +728,3 @@ def test_two_installations_on_one_host_each_restore_their_own_latest(restic_env,
     plan = json.loads(first.emg_borg("extract", "--dry-run", "--json", "--categories", "config").stdout)
     server_cfgs = [item["path"] for item in plan["categories"]["config"] if item["path"].endswith("/server.cfg")]
     assert server_cfgs == [rel(first.tree.server_cfg)]
-
-
-def test_a_file_never_replaces_a_directory_holding_files(restic_emg, tmp_path):
-    """As borg: an archived file whose path is a directory holding files at the destination is
-    not extracted (named, exit 1) and the directory stays whole; an empty directory is replaced."""
-    emg = restic_emg
-    backup(emg)
-    target = tmp_path / "target"
-    users, routing = target / rel(emg.tree.emgdir / "users"), target / rel(emg.tree.emgdir / "routing")
-    users.mkdir(parents=True)
-    (users / "kept").write_text("not in the archive\n")
-    routing.mkdir()
-    result = emg.emg_borg("extract", "--categories", "config", "--destination", str(target), "--in-place",
-                          check=False)
-    assert result.returncode == 1
-    assert error_lines(result) == [f"emg-borg: error: extraction into {target} incomplete: restic could not write "
-                                   f"1 path(s): {rel(emg.tree.emgdir / 'users')}: Directory not empty"], result.stderr
-    assert (users / "kept").read_text() == "not in the archive\n"
-    assert routing.read_bytes() == (emg.tree.emgdir / "routing").read_bytes()
