@@ -56,11 +56,12 @@ def manifest_path(snapshot: dict) -> str | None:
 SFTP = re.compile(r"^sftp:(?://(?:(?P<url_user>[^@/]+)@)?(?P<url_host>[^:/]+)(?::(?P<port>\d+))?/"
                   r"|(?:(?P<user>[^@:/]+)@)?(?P<host>[^:/]+):)")
 # What the ssh that restic starts for an `sftp:` repository must be told, or restic waits for ever.
-SSH_SETTINGS = (("batchmode", lambda value: value == "yes", "BatchMode yes (else it waits at a password or host-key prompt)"),
-                ("connecttimeout", lambda value: value != "none", "ConnectTimeout 30 (else it waits for a host that "
-                                                                  "does not answer)"),
-                ("serveraliveinterval", lambda value: value != "0", "ServerAliveInterval 15 (else it waits for ever "
-                                                                     "for a server that stops answering)"))
+SSH_SETTINGS = (
+    ("batchmode", lambda value: value == "yes", "BatchMode yes (else it waits at a password or host-key prompt)"),
+    ("connecttimeout", lambda value: value != "none", "ConnectTimeout 30 (else it waits for a host that does not answer)"),
+    ("serveraliveinterval", lambda value: value != "0",
+     "ServerAliveInterval 15 (else it waits for ever for a server that stops answering)"),
+)
 
 
 def ssh_check(location: str) -> Check:
