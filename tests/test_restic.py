@@ -543,3 +543,188 @@ def test_after_backup_names_a_listed_path_restic_skipped(restic_emg):
     lines = error_lines(result)
     assert len(lines) == 1 and "DO NOT TRUST" in lines[0] and str(emg.tree.emgdir / "routing") in lines[0], result.stderr
     assert leftovers(emg) == []
+
+
+WATCHING_RESTIC = """#!/bin/sh
+{restic} "$@"; status=$?
+case " $* " in *" restore "*) find "{outside}" | sort > "{seen}";; esac
+exit $status
+"""
+
+
+def test_extraction_makes_no_scratch_through_a_symlink_and_keeps_a_directory_holding_files(restic_emg, tmp_path,
+                                                                                     monkeypatch):
+    """A directory above EMGDIR in the destination is a symlink to a tree outside it that holds a
+    directory of EMGDIR's name: restic's scratch directory is not made there (restic would write
+    the selected trees outside the destination), and nothing is extracted through the link. And
+    a directory holding files where the archive has a file stays, as with borg."""
+    emg = restic_emg
+    backup(emg)
+    outside, target, seen = tmp_path / "outside", tmp_path / "target", tmp_path / "seen"
+    (outside / emg.tree.emgdir.name).mkdir(parents=True)
+    (target / rel(emg.tree.emgdir.parent)).parent.mkdir(parents=True)
+    (target / rel(emg.tree.emgdir.parent)).symlink_to(outside)
+    wrapper = tmp_path / "watching-bin" / "restic"
+    wrapper.parent.mkdir()
+    wrapper.write_text(WATCHING_RESTIC.format(restic=shutil.which("restic"), outside=outside, seen=seen))
+    wrapper.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{wrapper.parent}{os.pathsep}{os.environ['PATH']}")
+    result = emg.emg_borg("extract", "--categories", "config", "--destination", str(target), "--in-place",
+                          check=False)
+    assert result.returncode == 1
+    assert f"{rel(emg.tree.emgdir)}: not extracted, a parent directory is a symlink" in error_lines(result)[0]
+    assert seen.read_text().splitlines() == [str(outside), str(outside / emg.tree.emgdir.name)]
+    assert [str(p) for p in outside.rglob("*")] == [str(outside / emg.tree.emgdir.name)]
+
+    # As borg: an archived file whose path is a directory holding files at the destination is not
+    # extracted (named, exit 1) and the directory stays whole; an empty directory is replaced.
+    target = tmp_path / "second"
+    users, routing = target / rel(emg.tree.emgdir / "users"), target / rel(emg.tree.emgdir / "routing")
+    users.mkdir(parents=True)
+    (users / "kept").write_text("not in the archive\n")
+    routing.mkdir()
+    result = emg.emg_borg("extract", "--categories", "config", "--destination", str(target), "--in-place",
+                          check=False)
+    assert result.returncode == 1
+    assert error_lines(result) == [f"emg-borg: error: extraction into {target} incomplete: restic could not write "
+                                   f"1 path(s): {rel(emg.tree.emgdir / 'users')}: Directory not empty"], result.stderr
+    assert (users / "kept").read_text() == "not in the archive\n"
+    assert routing.read_bytes() == (emg.tree.emgdir / "routing").read_bytes()
+
+
+LISTING_SLEEPS = """#!/bin/sh
+case " $* " in *" snapshots "*) echo $$ > "{pidfile}"; exec sleep 300;; esac
+exec {restic} "$@"
+"""
+
+
+def test_sigkill_of_emg_borg_leaves_no_restic_running(emg, restic_env, tmp_path):
+    """emg-borg is killed outright while restic lists the snapshots (over a stalled SFTP
+    connection it would list for ever): that restic dies with it, as `restic restore` does."""
+    emg = use_restic(emg)
+    wrapper, pidfile = tmp_path / "slow-bin" / "restic", tmp_path / "restic.pid"
+    wrapper.parent.mkdir()
+    wrapper.write_text(LISTING_SLEEPS.format(pidfile=pidfile, restic=shutil.which("restic")))
+    wrapper.chmod(0o755)
+    env = {**os.environ, "PATH": f"{wrapper.parent}{os.pathsep}{os.environ['PATH']}"}
+    process = subprocess.Popen([sys.executable, "-m", "emg_borg", "-c", str(emg.config_path), "extract",
+                                "--destination", str(tmp_path / "out")], env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    restic_pid = None
+    try:
+        while not pidfile.exists() or not pidfile.read_text().strip():
+            assert process.poll() is None, "emg-borg ended before it listed the snapshots"
+            time.sleep(0.1)
+        restic_pid = int(pidfile.read_text())
+        process.kill()
+        process.wait()
+        deadline = time.monotonic() + 10
+        while os.path.exists(f"/proc/{restic_pid}") and time.monotonic() < deadline:
+            time.sleep(0.1)
+        survived = os.path.exists(f"/proc/{restic_pid}")
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        if restic_pid and os.path.exists(f"/proc/{restic_pid}"):
+            os.kill(restic_pid, 9)  # the test's own sleeper, which should have died with emg-borg
+    assert not survived
+
+
+def test_a_rest_url_password_never_shows_whatever_the_user_and_password_hold(emg, restic_env, monkeypatch):
+    """`user@example.com` as the user, an `@` in the password: after-backup's line naming the
+    repository it could not check shows the URL with `***` for the password."""
+    from emg_borg.core.backup_tool import Repository
+
+    for url in ("rest:http://emg@example.com:s3cret@127.0.0.1:1/emg", "rest:http://emg:s3@cret@127.0.0.1:1/emg"):
+        assert str(Repository(url, tool="restic")) == url.replace("s3cret", "***").replace("s3@cret", "***")
+    emg = use_restic(emg)
+    emg.emg_borg("before-backup")
+    monkeypatch.setenv("RESTIC_REPOSITORY", "rest:http://emg@example.com:s3cret@127.0.0.1:1/emg")
+    result = emg.emg_borg("after-backup", check=False)
+    assert result.returncode == 1
+    line, = error_lines(result)
+    assert "cannot check the archive of emg-borg run" in line and "rest:http://emg@example.com:***@127.0.0.1:1/emg" \
+        in line, line
+    assert "s3cret" not in result.stdout + result.stderr
+    assert leftovers(emg) == []
+
+
+def backup_unreadable(emg: Emg):
+    """before-backup, then restic without CAP_DAC_OVERRIDE (as a restic user with limited rights
+    runs, or root on an NFS export with root_squash), which cannot read a listed configuration
+    file: it keeps the path among the snapshot's `paths`, stores no file and exits 3."""
+    if not shutil.which("setpriv"):
+        unavailable("setpriv is missing (util-linux)")
+    emg.emg_borg("before-backup")
+    unreadable = emg.tree.emgdir / "routing"
+    assert str(unreadable) in (emg.runtime / "restic-files").read_text().splitlines()
+    unreadable.chmod(0)
+    without = "-dac_override,-dac_read_search"
+    result = run(["setpriv", f"--inh-caps={without}", f"--bounding-set={without}", "restic", "backup", "--tag",
+                  "emg-borg", "--files-from-verbatim", emg.runtime / "restic-files"], check=False)
+    assert result.returncode == 3, result.stderr
+    assert str(unreadable) in snapshots()[-1]["paths"]
+    return unreadable
+
+
+def test_after_backup_names_a_listed_file_restic_could_not_read(restic_emg):
+    """A flow that takes restic's exit 3 for a warning runs after-backup, which finds the file
+    missing from the snapshot."""
+    emg = restic_emg
+    unreadable = backup_unreadable(emg)
+    released = emg.emg_borg("after-backup", check=False)
+    assert released.returncode == 1
+    lines = error_lines(released)
+    assert len(lines) == 1 and "DO NOT TRUST" in lines[0] and "1 listed path(s)" in lines[0] \
+        and lines[0].endswith(f": {unreadable}"), released.stderr
+    assert leftovers(emg) == []
+
+
+def test_on_error_names_the_snapshot_restic_saved_for_a_failed_run(restic_emg):
+    """The documented flows take restic's exit 3 for a failure and run on-error; the snapshot
+    restic saved is named (it would otherwise be the newest emg-borg archive, silently)."""
+    emg = restic_emg
+    backup_unreadable(emg)
+    snapshot = snapshots()[-1]
+    released = emg.emg_borg("on-error", check=False)
+    assert released.returncode == 1
+    line, = error_lines(released)
+    assert line.startswith(f"emg-borg: error: DO NOT TRUST archive {emg.tmp / 'repo.restic'}::{snapshot['short_id']}: "
+                           f"restic stored it for emg-borg run "), line
+    assert "which failed (restic saves its snapshot and exits 3 when it could not read every file)" in line
+    assert leftovers(emg) == []
+
+
+def test_doctor_checks_that_ssh_to_an_sftp_repository_cannot_wait_for_ever(emg, restic_env, sftp_host, tmp_path,
+                                                                          monkeypatch):
+    """restic's ssh waits for ever at a prompt, for a host that does not answer or for a server
+    that stops answering mid-way, unless root's ssh configuration says otherwise: doctor reads
+    the settings `ssh -G` states for the repository's host."""
+    monkeypatch.setenv("RESTIC_REPOSITORY", f"sftp:backup-host:{sftp_host.directory}/emg.restic")
+    emg = use_restic(emg)  # no repository needed: the ssh settings are read without it
+    lines = [line for line in emg.emg_borg("doctor", check=False).stdout.splitlines() if line.split()[1:2] == ["ssh"]]
+    # Debian's ssh sets ServerAliveInterval 300 with BatchMode (the test host's configuration has it)
+    assert lines == ["warn ssh           for backup-host, set in root's ~/.ssh/config: ConnectTimeout 30 (else it waits "
+                     "for a host that does not answer)"], lines
+    config = tmp_path / "ssh-bin" / "ssh_config"
+    config.write_text(config.read_text() + "    ConnectTimeout 30\n    ServerAliveInterval 15\n")
+    lines = [line for line in emg.emg_borg("doctor", check=False).stdout.splitlines() if line.split()[1:2] == ["ssh"]]
+    assert lines == ["ok   ssh           backup-host: BatchMode, ConnectTimeout 30, ServerAliveInterval 15"], lines
+
+
+def test_two_installations_on_one_host_each_restore_their_own_latest(restic_env, mariadb, tmp_path):
+    """Two EMG installations on one machine (no NODEID) back up into one restic repository: the
+    first one's `latest` is its own snapshot, not the second one's newer one."""
+    restic("init")
+    first = use_restic(Emg(tmp_path / "first", mariadb))
+    second = use_restic(Emg(tmp_path / "second", mariadb))
+    unchecked = {k: v for k, v in os.environ.items() if k != "RESTIC_REPOSITORY"}  # after-backup: quickest
+    for emg in (first, second):
+        emg.config_path.write_text(emg.config_path.read_text().replace("[backup]\n", '[backup]\ncategories = ["config"]\n', 1))
+        emg.emg_borg("before-backup")
+        restic("backup", "--tag", "emg-borg", "--files-from-verbatim", emg.runtime / "restic-files")
+        run([sys.executable, "-m", "emg_borg", "-c", emg.config_path, "after-backup"], env=unchecked)
+    plan = json.loads(first.emg_borg("extract", "--dry-run", "--json", "--categories", "config").stdout)
+    server_cfgs = [item["path"] for item in plan["categories"]["config"] if item["path"].endswith("/server.cfg")]
+    assert server_cfgs == [rel(first.tree.server_cfg)]

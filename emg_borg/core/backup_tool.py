@@ -53,7 +53,9 @@ class Repository:
         return CREDENTIALS.sub(r"\g<user>:***@", self.location)
 
 
-CREDENTIALS = re.compile(r"(?P<user>//[^/:@\s]+):[^@/\s]*@")
+# The user ends at the first `:`, the password at the last `@` before the host, as Go's URL parser
+# (restic's) reads them: both may hold an `@` (`user@example.com`, a generated password).
+CREDENTIALS = re.compile(r"(?P<user>//[^/:\s]*):[^/\s]*@")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,6 +113,9 @@ class BackupTool:
     selection_label: ClassVar[str]  # what that file is, for messages ("patterns file")
     line_label: ClassVar[str]  # what its lines are, for messages ("pattern lines")
     repository_advice: ClassVar[str]  # how after-backup is told the repository, to check the run's archive
+    # Why a run the tool failed may still have stored an archive ("" when it never does): on-error
+    # then names it.
+    stores_failed_runs: ClassVar[str] = ""
 
     def selection_path(self, runtime) -> Path:
         return Path(runtime.root) / self.selection_name

@@ -5,7 +5,9 @@ The repository and its password reach restic the way restic users give them: in 
 (`RESTIC_REPOSITORY`, `RESTIC_PASSWORD_FILE`, `RESTIC_PASSWORD_COMMAND`, ...), passed through in
 `env`, never in argv (a `rest:` URL may carry a password). Reads take no repository lock
 (`--no-lock`): they work on a read-only or append-only repository, and a restic that is stopped
-leaves no stale lock behind. Errors become one line: restic's own last error line.
+leaves no stale lock behind. Every restic is started to die with emg-borg (even by SIGKILL: a
+listing over a stalled SFTP connection would otherwise run on). Errors become one line: restic's
+own last error line.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import subprocess
 
 from emg_borg.core.backup_tool import CREDENTIALS
 from emg_borg.errors import CommandError
-from emg_borg.external.execute import describe, last_line, run, stated_version
+from emg_borg.external.execute import describe, die_with_parent, last_line, run, stated_version
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +41,7 @@ def _error(what: str, result) -> CommandError:
 
 
 def _run(argv: tuple, what: str, env=None) -> str:
-    result = run(argv, check=False, env=env)
+    result = run(argv, check=False, env=env, dies_with_us=True)
     if result.returncode != 0:
         raise _error(what, result)
     return result.stdout
@@ -66,7 +68,8 @@ def dump(snapshot: str, path: str, env=None) -> bytes | None:
     argv = (RESTIC, *READ, "dump", snapshot, path)
     logger.debug("running: %s", describe(argv))
     try:
-        result = subprocess.run(argv, capture_output=True, stdin=subprocess.DEVNULL, env=env)
+        result = subprocess.run(argv, capture_output=True, stdin=subprocess.DEVNULL, env=env,
+                                preexec_fn=die_with_parent)
     except FileNotFoundError:
         raise CommandError(f"{RESTIC}: command not found (apt-get install restic)")
     if result.returncode == 0:

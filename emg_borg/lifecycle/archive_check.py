@@ -85,7 +85,7 @@ def check(run: BackupRun, manifest_bytes: bytes | None, selection: list[str] = (
         if missing:
             shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
             failures.append(f"DO NOT TRUST archive {repository}::{archive.name}: {tools.of(repository).name} did not "
-                            f"store {len(missing)} listed path(s), gone when it read them: {shown}")
+                            f"store {len(missing)} listed path(s), gone or unreadable when it read them: {shown}")
         sizes = {item.path: item.size for item in items if item.type == "-"}
         for path, size in wanted.items():
             if sizes.get(path) != size:
@@ -100,3 +100,33 @@ def check(run: BackupRun, manifest_bytes: bytes | None, selection: list[str] = (
             logger.info("archive %s::%s holds the manifest and %d dump(s) whole", repository, archive.name,
                         len(archive.manifest.dumps))
     return failures
+
+
+def stored_by_failed_run(run: BackupRun, manifest_bytes: bytes | None, selection: list[str]) -> list[str]:
+    """on-error, when the tool failed after before-backup (its selection file is still there:
+    after-backup removes it): an archive of the run that the tool stored all the same (restic's
+    exit 3) is named, so that nobody takes it for a whole one. Looked up where after-backup would
+    check; a lookup that fails is only a warning (on-error reports a failure anyway)."""
+    tool = tools.configured(run.config)
+    if manifest_bytes is None or not selection or not tool.stores_failed_runs:
+        return []
+    if not run.repository and not run.borgmatic_config and not tool.hooks_name_repository():
+        return []
+    run_id = Manifest(json.loads(manifest_bytes)).get("run_id")
+    named = []
+    try:
+        repositories = _repositories(run)
+    except EmgBorgError as error:
+        logger.warning("no archive of the failed emg-borg run %s looked for: %s", run_id, error)
+        return []
+    for repository in repositories:
+        try:
+            archive = archive_of_run(repository, run_id)
+        except EmgBorgError as error:
+            logger.warning("no archive of the failed emg-borg run %s looked for in %s: %s", run_id, repository, error)
+            continue
+        if archive is not None:
+            named.append(f"DO NOT TRUST archive {repository}::{archive.name}: {tool.name} stored it for emg-borg run "
+                         f"{run_id}, which failed ({tool.stores_failed_runs}); check it with emg-borg verify "
+                         f"--archive {archive.name}, or remove it")
+    return named

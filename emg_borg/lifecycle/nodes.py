@@ -7,6 +7,11 @@ readable and sets NODEID, that NODEID. `--host NAME` and `--node N` choose anoth
 rebuilt on new hardware), `--any-node` chooses among all. When none of the archives is this
 node's and they all come from one node (a new machine, renamed), that node's are used, with a
 warning; when they come from several, the command stops with one line naming them.
+
+Two EMG installations on one machine (a test and a production EMGDIR, no NODEID) are one node:
+by default only this installation's archives count (the manifest's `server_cfg` is the local
+configuration's). When none is, and the node's archives are all of one other installation (EMGDIR
+moved), those are used with a warning; of several, the command stops naming them.
 """
 
 from __future__ import annotations
@@ -48,6 +53,7 @@ class NodeChoice:
     node: int | None = None  # --node
     any_node: bool = False  # --any-node
     local: Node | None = None  # this machine, the default
+    server_cfg: str | None = None  # this installation's server.cfg (with `local`), when known
 
     @property
     def explicit(self) -> bool:
@@ -61,6 +67,13 @@ class NodeChoice:
             return (self.host is None or node.hostname == self.host) and (self.node is None or node.node_id == self.node)
         if self.local is None:
             return True
+        archived = manifest.get("server_cfg")
+        return self.of_this_node(manifest) and (self.server_cfg is None or archived is None
+                                                or archived == self.server_cfg)
+
+    def of_this_node(self, manifest) -> bool:
+        """Whether the archive is of this machine's node, whichever installation made it."""
+        node = Node.of(manifest)
         return node.hostname == self.local.hostname and self.local.node_id in (None, node.node_id)
 
     def describe(self) -> str:
@@ -76,20 +89,23 @@ def node_choice(host: str | None, node: int | None, any_node: bool, config_path,
         raise UsageError("--any-node chooses among every node's archives: leave out --host and --node")
     if any_node or host is not None or node is not None:
         return NodeChoice(host, node, any_node)
-    return NodeChoice(local=local_node(config_path, manager))
+    local, server_cfg = local_node(config_path, manager)
+    return NodeChoice(local=local, server_cfg=server_cfg)
 
 
-def local_node(config_path, manager) -> Node:
+def local_node(config_path, manager) -> tuple[Node, str | None]:
     """This machine's node: its hostname, and the NODEID of the server.cfg its emg-borg
-    configuration (or the defaults, without one) names, when that can be read."""
-    node_id = None
+    configuration (or the defaults, without one) names, when that can be read; and that
+    server.cfg's path (None when it cannot be read)."""
+    node_id, server_cfg = None, None
     try:
         config = (session.load_config(config_path, manager) if os.path.exists(config_path)
                   else session.default_config(manager))
-        node_id = manager.hook.emg_borg_discover_layout(config=config).node_id
+        layout = manager.hook.emg_borg_discover_layout(config=config)
+        node_id, server_cfg = layout.node_id, str(layout.server_cfg)
     except (EmgBorgError, OSError) as error:
         logger.debug("this machine's NODEID is unknown: %s", error)
-    return Node(machine_identity()["hostname"], node_id)
+    return Node(machine_identity()["hostname"], node_id), server_cfg
 
 
 def choose(catalog: Catalog, entries, choice: NodeChoice) -> Archive | None:
@@ -104,6 +120,17 @@ def choose(catalog: Catalog, entries, choice: NodeChoice) -> Archive | None:
     found = catalog.archives(entries)
     if not found:
         return None
+    ours = [a for a in found if choice.local is not None and choice.of_this_node(a.manifest)]
+    if ours and not choice.explicit:
+        installations = collections.Counter(a.manifest.get("server_cfg") for a in ours)
+        if len(installations) == 1:
+            logger.warning("no archive in %s is of this installation (%s); this node's are all of %s: choosing "
+                           "among them", catalog.repository, choice.server_cfg, next(iter(installations)))
+            return ours[0]
+        shown = ", ".join(f"{cfg} ({count} archive{'s' if count > 1 else ''})" for cfg, count in installations.items())
+        raise UsageError(f"{catalog.repository} holds archives of {len(installations)} EMG installations of "
+                         f"{choice.describe()}, none of this one ({choice.server_cfg}): {shown}; choose one with "
+                         f"--archive")
     counts = collections.Counter(Node.of(a.manifest) for a in found)
     if not choice.explicit and len(counts) == 1:
         logger.warning("no archive in %s is of %s; all are of %s: choosing among them",

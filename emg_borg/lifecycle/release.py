@@ -114,11 +114,13 @@ def release_backup(config, manager, *, force=False, repository=None, dry_run=Fal
     reported = run.ledger.meta.get("reported", [])
     run.failures.extend(problem for problem in found if problem not in reported)
     run.ledger.meta["reported"] = list(dict.fromkeys([*reported, *found]))
-    handed_to_borg = archive_check.expected_manifest(run) if command == outcome.AFTER_BACKUP else None
-    selection = archive_check.handed_selection(run) if command == outcome.AFTER_BACKUP else []
+    handed_to_borg = archive_check.expected_manifest(run)
+    selection = archive_check.handed_selection(run)
     with outcome.reported(run, command):
         release_and_unlock(run, lock)
-        if not run.failures:
+        if command == outcome.ON_ERROR:
+            run.failures.extend(archive_check.stored_by_failed_run(run, handed_to_borg, selection))
+        elif not run.failures:
             run.failures.extend(archive_check.check(run, handed_to_borg, selection))
         if run.failures:
             raise EmgBorgError("; ".join(run.failures))

@@ -168,7 +168,8 @@ def archive_glob(settings: dict) -> str | None:
 RESTIC_PASSWORD = ("RESTIC_PASSWORD_FILE", "RESTIC_PASSWORD_COMMAND", "RESTIC_PASSWORD")
 
 
-def _restic_location() -> str | None:
+def restic_location() -> str | None:
+    """RESTIC_REPOSITORY, else the content of RESTIC_REPOSITORY_FILE; None when neither is set."""
     if os.environ.get("RESTIC_REPOSITORY"):
         return os.environ["RESTIC_REPOSITORY"]
     path = os.environ.get("RESTIC_REPOSITORY_FILE")
@@ -183,7 +184,7 @@ def _restic_location() -> str | None:
 def restic_repository(repository: str | None = None) -> Repository:
     """A restic repository: `repository`, else RESTIC_REPOSITORY (or RESTIC_REPOSITORY_FILE); the
     location and the password settings reach restic in its environment only."""
-    location = repository or _restic_location()
+    location = repository or restic_location()
     if not location:
         raise UsageError("no restic repository: pass --repository REPO or set RESTIC_REPOSITORY")
     if not any(os.environ.get(name) for name in RESTIC_PASSWORD):
@@ -208,7 +209,7 @@ def resolve_repository(repository: str | None = None, borgmatic_config: str | No
         return borgmatic_repository(borgmatic_config, repository)
     # Without a configuration (a rebuilt machine) RESTIC_REPOSITORY alone means restic; with one,
     # only its `[backup] tool` does.
-    if tool == "restic" or (tool is None and not repository and not os.environ.get("BORG_REPO") and _restic_location()):
+    if tool == "restic" or (tool is None and not repository and not os.environ.get("BORG_REPO") and restic_location()):
         return restic_repository(repository)
     if repository:
         return Repository(repository)

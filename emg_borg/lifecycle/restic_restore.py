@@ -5,17 +5,18 @@ for the spool), so `restic restore --include` writes into a private scratch dire
 file system of the destination, and the restored trees are then moved (renamed) to the live
 paths the manifest's `stored_roots` say they stand for; where two stored roots stand for the same
 path, the staging area's copy (`staged_root`: the staged seqno) is moved last and wins. A file
-that exists at the destination is replaced by a rename (never half-written); a directory that
-exists is merged into. Directories get the archived mode, owner and times from the copy holding
-their category's content (`_Mover`). Only the selected categories are moved (a nested root of
-an unselected category, such as the logs inside EMGDIR, stays behind); nothing is written through
-a symlink and no symlink is replaced (as borg: "not extracted, a parent directory is a
-symlink"); the scratch directory goes in every case.
+that exists at the destination is replaced by a rename (never half-written), an empty directory
+too (as borg: one holding files stays, named); a directory that exists is merged into.
+Directories get the archived mode, owner and times from the copy holding their category's
+content (`_Mover`). Only the selected categories are moved (a nested root of an unselected
+category, such as the logs inside EMGDIR, stays behind); nothing is written through a symlink
+and no symlink is replaced (as borg: "not extracted, a parent directory is a symlink"); the
+scratch directory goes in every case.
 
-The scratch directory lies inside the destination directory when it exists (the spool may be a
-mount point of its own, and a rename cannot cross file systems), else in the nearest directory
-above it that exists; roots on different file systems get one scratch directory (and one
-`restic restore`) each.
+The scratch directory lies in the deepest directory on the way from the destination to the
+root that exists and is reached through no symlink (the spool may be a mount point of its own,
+and a rename cannot cross file systems), else in the nearest directory above the destination;
+roots on different file systems get one scratch directory (and one `restic restore`) each.
 """
 
 from __future__ import annotations
@@ -112,11 +113,19 @@ def items(snapshot: str, selection: Selected, tops, env, keep=None) -> list[Item
 
 
 def _scratch_parent(destination: Path, top: str) -> Path:
-    path = destination / top
-    if path.is_dir() and not path.is_symlink():
-        return path
-    while not path.is_dir() or path.is_symlink():
+    """The deepest directory on the way from the destination to `top` that exists and is reached
+    through no symbolic link (restic would write the whole tree through it, outside the
+    destination); the nearest existing directory above the destination when it does not exist."""
+    path = destination
+    while not path.is_dir():
         path = path.parent
+    if path != destination:
+        return path
+    for part in Path(top).parts:
+        below = path / part
+        if below.is_symlink() or not below.is_dir():
+            break
+        path = below
     return path
 
 
@@ -203,7 +212,7 @@ class _Mover:
                 if not keep:
                     return 0
                 if dst.is_dir() and not dst.is_symlink():
-                    shutil.rmtree(dst)
+                    dst.rmdir()  # as borg: an empty directory only; one holding files stays, named
                 _rename(src, dst)
                 return 1
             uniform = self.selection.uniform(path)

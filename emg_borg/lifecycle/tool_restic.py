@@ -24,10 +24,12 @@ import shutil
 from emg_borg.core.backup_tool import BackupTool, Item, Listed, Listing
 from emg_borg.core.files import write_private
 from emg_borg.core.manifest import ARCHIVE_PATH
-from emg_borg.errors import CommandError
+from emg_borg.errors import CommandError, EmgBorgError
 from emg_borg.external import restic
+from emg_borg.external.execute import run as run_command
 from emg_borg.lifecycle import restic_files, restic_restore
 from emg_borg.lifecycle.checks import FAIL, OK, WARN, Check
+from emg_borg.lifecycle.repository import restic_location
 
 logger = logging.getLogger(__name__)
 
@@ -51,12 +53,45 @@ def manifest_path(snapshot: dict) -> str | None:
     return next((p for p in snapshot.get("paths") or () if p.endswith(f"/{ARCHIVE_PATH}")), None)
 
 
+SFTP = re.compile(r"^sftp:(?://(?:(?P<url_user>[^@/]+)@)?(?P<url_host>[^:/]+)(?::(?P<port>\d+))?/"
+                  r"|(?:(?P<user>[^@:/]+)@)?(?P<host>[^:/]+):)")
+# What the ssh that restic starts for an `sftp:` repository must be told, or restic waits for ever.
+SSH_SETTINGS = (
+    ("batchmode", lambda value: value == "yes", "BatchMode yes (else it waits at a password or host-key prompt)"),
+    ("connecttimeout", lambda value: value != "none", "ConnectTimeout 30 (else it waits for a host that does not answer)"),
+    ("serveraliveinterval", lambda value: value != "0",
+     "ServerAliveInterval 15 (else it waits for ever for a server that stops answering)"),
+)
+
+
+def ssh_check(location: str) -> Check:
+    """The settings `ssh -G` states for the host of an `sftp:` repository, as restic's ssh gets them."""
+    found = SFTP.match(location)
+    if found is None:
+        return Check("ssh", WARN, "the host of the sftp: repository was not recognised; not checked")
+    user, host, port = found["url_user"] or found["user"], found["url_host"] or found["host"], found["port"]
+    argv = ("ssh", "-G", *(("-p", port) if port else ()), *(("-l", user) if user else ()), host)
+    try:
+        result = run_command(argv, check=False, timeout=30)
+    except CommandError as error:
+        return Check("ssh", WARN, str(error))
+    settings = dict(line.split(" ", 1) for line in result.stdout.splitlines() if " " in line)
+    if result.returncode != 0 or not settings:
+        return Check("ssh", WARN, f"ssh -G {host} failed (exit {result.returncode}); the ssh settings were not checked")
+    missing = [advice for name, good, advice in SSH_SETTINGS if not good(settings.get(name, ""))]
+    if missing:
+        return Check("ssh", WARN, f"for {host}, set in root's ~/.ssh/config: " + "; ".join(missing))
+    return Check("ssh", OK, f"{host}: BatchMode, ConnectTimeout {settings['connecttimeout']}, ServerAliveInterval "
+                            f"{settings['serveraliveinterval']}")
+
+
 class Restic(BackupTool):
     name = "restic"
     selection_name = "restic-files"
     selection_label = "restic file list"
     line_label = "paths"
     repository_advice = "give the hooks RESTIC_REPOSITORY and RESTIC_PASSWORD_FILE, or pass --repository"
+    stores_failed_runs = "restic saves its snapshot and exits 3 when it could not read every file"
 
     def backup_command(self, runtime) -> str:
         return f"restic backup {BACKUP_OPTIONS} {self.selection_path(runtime)}"
@@ -101,11 +136,16 @@ class Restic(BackupTool):
         return len(lines)
 
     def not_stored(self, repository, archive, selection: list[str]) -> list[str]:
-        # restic 0.14 skips a listed path that is gone with a warning and exit 0; the snapshot's
-        # `paths` then lack it.
-        stored = next((set(s.get("paths") or ()) for s in restic.snapshots(env=repository.env)
-                       if s["id"] == archive.id), set())
-        return [path for path in selection if path and path not in stored]
+        # restic 0.14 skips a listed path that is gone with a warning and exit 0; one it cannot
+        # read (EACCES, EIO) stays among the snapshot's `paths` with nothing stored (exit 3). So
+        # the snapshot's tree is asked: the entries of the listed paths' directories.
+        listed = [path for path in selection if path]
+        if not listed:
+            return []
+        parents = sorted({os.path.dirname(path) for path in listed})
+        stored = {node["path"] for node in restic.ls(archive.id or archive.name, parents, repository.env,
+                                                      recursive=False)}
+        return [path for path in listed if path not in stored]
 
     def doctor(self, run, borgmatic_config) -> list[Check]:
         found = shutil.which(restic.RESTIC)
@@ -126,6 +166,13 @@ class Restic(BackupTool):
         else:
             checks.append(Check("restic env", WARN, "no RESTIC_REPOSITORY and no RESTIC_PASSWORD_FILE/COMMAND in "
                                                    "this environment: the repository was not checked"))
+        try:
+            location = restic_location()
+        except EmgBorgError as error:
+            location = None
+            checks.append(Check("restic env", WARN, str(error)))
+        if location and location.startswith("sftp:"):
+            checks.append(ssh_check(location))
         return checks
 
     # restore side
