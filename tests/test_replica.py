@@ -384,8 +384,9 @@ def test_doctor_and_dry_run_show_the_replica_and_fail_on_a_wrong_one(tmp_path, m
 def test_the_replica_killed_while_paused_fails_the_run_and_replicates_again_once_back(tmp_path, mariadb, healthy,
                                                                                     monkeypatch):
     """The replica's server dies (SIGKILL) while replication is paused for the run: the run fails
-    with one line and leaves nothing; once the server is back, replication runs (MariaDB starts
-    it, or the next release resumes it from the ledger)."""
+    with one line and leaves nothing; on-error, run at once while it is still down, cannot resume
+    it and leaves the guard trying; once the server is back (without starting replication by
+    itself), the guard resumes it, before any other emg-borg command runs."""
     dump = wrapper(tmp_path, SLOW_START.format(seconds=4))
     emg = replicated_emg(tmp_path, mariadb, healthy, before=f'[mysql]\nmysqldump = "{dump}"\nlock_timeout = 20\n\n')
     process = start_before_backup(emg)
@@ -404,6 +405,10 @@ def test_the_replica_killed_while_paused_fails_the_run_and_replicates_again_once
         # The replica could not be told to resume: said so, once, with who will.
         assert lines[1:] == [] or (len(lines) == 2 and "is still stopped" in lines[1]
                                    and "the next after-backup, on-error or before-backup resumes it" in lines[1]), stderr
+        # borgmatic's on-error follows at once, the replica still down: the ledger entry stays.
+        result = emg.emg_borg("on-error", check=False)
+        assert "stopped by an earlier run, could not be resumed" in result.stderr, result.stderr
+        assert paused_entry(emg)
     finally:
         stop_if_running(process)
         if healthy.process is None:
@@ -415,11 +420,11 @@ def test_the_replica_killed_while_paused_fails_the_run_and_replicates_again_once
                     healthy.start()
                 finally:
                     healthy.extra_args = ()
-                assert not replicating(healthy)
-    result = emg.emg_borg("on-error", check=False)
     status = healthy.replica_status()
-    assert wait_replicating(healthy), (result.stderr, {key: status.get(key) for key in (
-        "Slave_IO_Running", "Slave_SQL_Running", "Until_Condition", "Last_IO_Error", "Last_SQL_Error")})
+    assert wait_replicating(healthy, 60), {key: status.get(key) for key in (
+        "Slave_IO_Running", "Slave_SQL_Running", "Until_Condition", "Last_IO_Error", "Last_SQL_Error")}
+    emg.emg_borg("on-error", check=False)  # the entry the guard could not remove
+    assert not (emg.runtime / "ledger.json").exists()
     assert leftovers(emg) == []
 
 
