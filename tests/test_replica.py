@@ -535,6 +535,39 @@ def test_a_replica_whose_data_differs_from_the_primary_fails_the_run(tmp_path, m
     assert leftovers(emg) == []
 
 
+def test_a_replica_user_with_the_documented_privileges_dumps_there(tmp_path, mariadb, healthy):
+    """A dedicated user on the replica with the privileges the README lists dumps there; without
+    PROCESS (the dump's transaction is seen in information_schema.INNODB_TRX) the preflight names
+    it, before replication is paused, instead of the run failing after the freeze."""
+    password = "replica-" + os.urandom(6).hex()
+    password_file = tmp_path / "replica-password"
+    password_file.write_text(password + "\n")
+    password_file.chmod(0o600)
+    emg = replicated_emg(tmp_path, mariadb, healthy, f'user = "emgreplica"\npassword_file = "{password_file}"\n')
+    # On the replica only (not replicated): the set-up the README describes.
+    healthy.sql("SET SESSION sql_log_bin = 0;"
+                f"CREATE USER 'emgreplica'@'127.0.0.1' IDENTIFIED BY '{password}';"
+                f"GRANT SELECT, SHOW VIEW, TRIGGER, EVENT ON `{emg.database}`.* TO 'emgreplica'@'127.0.0.1';"
+                "GRANT PROCESS, SLAVE MONITOR, REPLICATION SLAVE ADMIN ON *.* TO 'emgreplica'@'127.0.0.1';")
+    try:
+        manifest = before_backup(emg)
+        try:
+            assert dump_entry(manifest)["server"] == "replica"
+            assert dump_entry(manifest)["replica"].startswith("emgreplica@")
+            assert newest_id_in_dump(staged_dump(emg, manifest)) == manifest["message_id"]
+        finally:
+            emg.emg_borg("after-backup")
+        healthy.sql("SET SESSION sql_log_bin = 0; REVOKE PROCESS ON *.* FROM 'emgreplica'@'127.0.0.1';")
+        result = emg.emg_borg("before-backup", check=False)
+        assert result.returncode == 1
+        assert "the user lacks PROCESS" in the_error(result)
+        assert not (emg.runtime / "patterns").exists()
+    finally:
+        healthy.sql("SET SESSION sql_log_bin = 0; DROP USER 'emgreplica'@'127.0.0.1';")
+    assert replicating(healthy)
+    assert leftovers(emg) == []
+
+
 @pytest.mark.parametrize("config, words", [
     ('[mysql.replica]\nfallback = "primary"\n', ":{line}: mysql.replica: names no server"),
     ('[mysql]\nlock = "none"\n\n[mysql.replica]\nport = 3306\n', ":{line}: mysql.lock: \"none\" cannot go with"),
