@@ -454,6 +454,40 @@ def test_two_installations_sharing_a_replica_take_turns(tmp_path, mariadb, healt
     assert leftovers(first) == [] and leftovers(second) == []
 
 
+def test_a_run_waiting_for_a_killed_one_lets_its_guard_resume_and_dumps_on_the_replica(tmp_path, mariadb, healthy):
+    """Two installations sharing the replica: A is SIGKILLed while it has replication paused, and B
+    waits for the replica's lock. B does not take A's pause for a stopped replica (it failed so):
+    it lets A's guard resume replication, then dumps there at its own consistency point."""
+    slow = wrapper(tmp_path, SLOW_START.format(seconds=8))
+    first = replicated_emg(tmp_path / "a", mariadb, healthy, before=f'[mysql]\nmysqldump = "{slow}"\nlock_timeout = 20\n\n')
+    second = replicated_emg(tmp_path / "b", mariadb, healthy, "max_wait = 30\n")
+    a = start_before_backup(first)
+    b = None
+    try:
+        wait_paused(healthy, a)
+        b = start_before_backup(second)
+        deadline = time.monotonic() + 30
+        while not healthy.sql("SELECT ID FROM information_schema.PROCESSLIST WHERE INFO LIKE 'SELECT GET_LOCK%'"):
+            assert b.poll() is None, b.communicate()
+            assert time.monotonic() < deadline, "B never waited for the replica's lock"
+            time.sleep(0.02)
+        a.kill()
+        a.wait()
+        _, b_err = b.communicate(timeout=120)
+    finally:
+        stop_if_running(a)
+        if b is not None:
+            stop_if_running(b)
+    assert b.returncode == 0, b_err
+    manifest = json.loads((second.runtime / "staging" / "emg-borg" / "manifest.json").read_text())
+    assert dump_entry(manifest)["server"] == "replica"
+    assert newest_id_in_dump(staged_dump(second, manifest)) == manifest["message_id"]
+    second.emg_borg("after-backup")
+    first.emg_borg("on-error", check=False)
+    assert replicating(healthy)
+    assert leftovers(first) == [] and leftovers(second) == []
+
+
 def test_a_hung_before_backup_is_taken_over_by_its_guard(tmp_path, mariadb, healthy):
     """before-backup stopped (SIGSTOP) while replication is paused: once the pause has lasted
     longer than it can, the guard ends the hung run's session on the replica and resumes."""
