@@ -230,6 +230,12 @@ def test_an_unfit_replica_fails_the_run_with_one_line_or_falls_back_to_the_prima
         assert not (emg.runtime / "patterns").exists()
         # Left as found: emg-borg does not start a replication the operator stopped.
         assert healthy.replica_status()["Slave_SQL_Running"] == before["Slave_SQL_Running"]
+        # A run without the database category takes no dump: the replica is not its concern.
+        emg.config_path.write_text(emg.config_path.read_text().replace(
+            "[backup]\n", '[backup]\ncategories = ["config", "data"]\n', 1))
+        result = emg.emg_borg("before-backup", check=False)
+        assert result.returncode == 0, result.stderr
+        emg.emg_borg("after-backup")
         emg.write_config(extra=replica_config(healthy, 'fallback = "primary"\n'))
         result = emg.emg_borg("before-backup", check=False)
         assert result.returncode == 0, result.stderr
