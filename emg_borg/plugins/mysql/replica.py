@@ -151,11 +151,11 @@ def _lock_and_catch_up(state, connection, primary, settings, max_wait: float):
 
 
 def _left_paused(status: dict) -> bool:
-    """Stopped as a pause leaves it (a thread stopped without an error), or running up to a
-    position (`START SLAVE UNTIL`)."""
+    """Stopped as a pause leaves it (a thread stopped without an error), running up to a position
+    (`START SLAVE UNTIL`), or just resumed (the IO thread still connecting to the primary)."""
     if status.get("Last_SQL_Error") or status.get("Last_IO_Error"):
         return False
-    return "No" in (status.get("Slave_IO_Running"), status.get("Slave_SQL_Running")) \
+    return bool({"No", "Connecting"} & {status.get("Slave_IO_Running"), status.get("Slave_SQL_Running")}) \
         or str(status.get("Until_Condition", "None")).lower() != "none"
 
 
