@@ -290,6 +290,30 @@ def test_a_replica_too_far_behind_fails_or_falls_back(tmp_path, mariadb, healthy
     assert leftovers(emg) == []
 
 
+def test_sigterm_while_waiting_for_the_replica_stops_the_run_even_with_fallback(tmp_path, mariadb, healthy):
+    """SIGTERM while before-backup waits for a lagging replica is not a reason to fall back to
+    the primary: the run stops (it went on and dumped the primary, exit 0)."""
+    emg = replicated_emg(tmp_path, mariadb, healthy, 'max_wait = 30\nfallback = "primary"\n')
+    healthy.sql("STOP SLAVE; CHANGE MASTER TO MASTER_DELAY=60; START SLAVE;")
+    mariadb.sql(f"INSERT INTO routelog (id) VALUES ({FIRST_ID - 5})", emg.database)
+    process = start_before_backup(emg)
+    try:
+        deadline = time.monotonic() + 30
+        while not healthy.sql("SELECT ID FROM information_schema.PROCESSLIST WHERE INFO LIKE 'SELECT MASTER_GTID_WAIT%'"):
+            assert process.poll() is None, process.communicate()
+            assert time.monotonic() < deadline, "before-backup never waited for the replica"
+            time.sleep(0.02)
+        process.terminate()
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        stop_if_running(process)
+    assert process.returncode != 0, stderr
+    assert "interrupted by SIGTERM" in the_error(subprocess.CompletedProcess([], process.returncode, "", stderr))
+    assert "taken on the primary" not in stderr
+    assert not (emg.runtime / "patterns").exists()
+    assert leftovers(emg) == []
+
+
 def test_a_dump_killed_midway_on_the_replica_fails_the_run_and_replication_runs(tmp_path, mariadb, healthy):
     dump = wrapper(tmp_path, '"$REAL" "$@" | head -c 2000; echo "mysqldump: Lost connection" >&2; exit 3')
     emg = replicated_emg(tmp_path, mariadb, healthy, before=f'[mysql]\nmysqldump = "{dump}"\n\n')

@@ -18,6 +18,7 @@ import contextlib
 import logging
 import time
 
+from emg_borg.core.signals import Interrupted
 from emg_borg.errors import EmgBorgError
 from emg_borg.external import mysql
 from emg_borg.plugins.mysql import replica_guard
@@ -116,8 +117,8 @@ def prepare(run, primary):
             return _lock_and_catch_up(state, connection, primary, settings, max_wait)
     except EmgBorgError as error:
         release(run)
-        if run.config[REPLICA]["fallback"] != "primary":
-            raise
+        if run.config[REPLICA]["fallback"] != "primary" or isinstance(error, Interrupted):
+            raise  # SIGTERM stops the run: no reason to dump the primary instead
         fall_back(run, str(error))
         return state["settings"]
 
