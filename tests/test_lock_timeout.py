@@ -5,6 +5,8 @@ and the waiting FLUSH TABLES WITH READ LOCK never stays behind to block EMG's wr
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 import time
 
@@ -109,4 +111,38 @@ def test_best_effort_goes_on_unlocked_and_says_so(emg, mariadb):
     locked = json.loads(emg.emg_borg("before-backup", "--json").stdout)
     assert locked["consistency_lock"] == "held" and claimed_binlog(locked)
     emg.emg_borg("after-backup")
+    assert leftovers(emg) == []
+
+
+def test_sigterm_while_waiting_for_the_lock_stops_a_best_effort_run(emg, mariadb):
+    """SIGTERM while FLUSH TABLES WITH READ LOCK waits is not a lock that could not be had: the
+    run stops instead of going on unlocked."""
+    emg.write_config("none", '[mysql]\nlock_timeout = 30\nlock = "best-effort"\n')
+    blocker = LongQuery(mariadb, emg.database)
+    try:
+        process = subprocess.Popen([sys.executable, "-m", "emg_borg", "-c", str(emg.config_path), "before-backup"],
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            deadline = time.monotonic() + 30
+            while "FLUSH" not in mariadb.sql("SELECT INFO FROM information_schema.PROCESSLIST "
+                                             "WHERE INFO LIKE 'FLUSH TABLES WITH READ LOCK%'"):
+                assert process.poll() is None, process.communicate()
+                assert time.monotonic() < deadline, "before-backup never waited for the lock"
+                time.sleep(0.02)
+            process.terminate()
+            _, stderr = process.communicate(timeout=60)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+        # No FLUSH is left waiting on the server: writers go on while the long query still runs.
+        assert insert_takes(mariadb, emg.database) < 1
+        assert blocker.running()
+    finally:
+        blocker.stop()
+    assert process.returncode != 0, stderr
+    errors = [line for line in stderr.splitlines() if line.startswith("emg-borg: error:")]
+    assert len(errors) == 1 and "interrupted by SIGTERM" in errors[0], stderr
+    assert "going on unlocked" not in stderr
+    assert not (emg.runtime / "patterns").exists()
     assert leftovers(emg) == []

@@ -230,6 +230,12 @@ def test_an_unfit_replica_fails_the_run_with_one_line_or_falls_back_to_the_prima
         assert not (emg.runtime / "patterns").exists()
         # Left as found: emg-borg does not start a replication the operator stopped.
         assert healthy.replica_status()["Slave_SQL_Running"] == before["Slave_SQL_Running"]
+        # A run without the database category takes no dump: the replica is not its concern.
+        emg.config_path.write_text(emg.config_path.read_text().replace(
+            "[backup]\n", '[backup]\ncategories = ["config", "data"]\n', 1))
+        result = emg.emg_borg("before-backup", check=False)
+        assert result.returncode == 0, result.stderr
+        emg.emg_borg("after-backup")
         emg.write_config(extra=replica_config(healthy, 'fallback = "primary"\n'))
         result = emg.emg_borg("before-backup", check=False)
         assert result.returncode == 0, result.stderr
@@ -281,6 +287,30 @@ def test_a_replica_too_far_behind_fails_or_falls_back(tmp_path, mariadb, healthy
     assert "did not catch up" in dump_entry(manifest)["replica_fallback"]
     emg.emg_borg("after-backup")
     assert replicating(healthy)
+    assert leftovers(emg) == []
+
+
+def test_sigterm_while_waiting_for_the_replica_stops_the_run_even_with_fallback(tmp_path, mariadb, healthy):
+    """SIGTERM while before-backup waits for a lagging replica is not a reason to fall back to
+    the primary: the run stops (it went on and dumped the primary, exit 0)."""
+    emg = replicated_emg(tmp_path, mariadb, healthy, 'max_wait = 30\nfallback = "primary"\n')
+    healthy.sql("STOP SLAVE; CHANGE MASTER TO MASTER_DELAY=60; START SLAVE;")
+    mariadb.sql(f"INSERT INTO routelog (id) VALUES ({FIRST_ID - 5})", emg.database)
+    process = start_before_backup(emg)
+    try:
+        deadline = time.monotonic() + 30
+        while not healthy.sql("SELECT ID FROM information_schema.PROCESSLIST WHERE INFO LIKE 'SELECT MASTER_GTID_WAIT%'"):
+            assert process.poll() is None, process.communicate()
+            assert time.monotonic() < deadline, "before-backup never waited for the replica"
+            time.sleep(0.02)
+        process.terminate()
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        stop_if_running(process)
+    assert process.returncode != 0, stderr
+    assert "interrupted by SIGTERM" in the_error(subprocess.CompletedProcess([], process.returncode, "", stderr))
+    assert "taken on the primary" not in stderr
+    assert not (emg.runtime / "patterns").exists()
     assert leftovers(emg) == []
 
 
@@ -384,8 +414,9 @@ def test_doctor_and_dry_run_show_the_replica_and_fail_on_a_wrong_one(tmp_path, m
 def test_the_replica_killed_while_paused_fails_the_run_and_replicates_again_once_back(tmp_path, mariadb, healthy,
                                                                                     monkeypatch):
     """The replica's server dies (SIGKILL) while replication is paused for the run: the run fails
-    with one line and leaves nothing; once the server is back, replication runs (MariaDB starts
-    it, or the next release resumes it from the ledger)."""
+    with one line and leaves nothing; on-error, run at once while it is still down, cannot resume
+    it and leaves the guard trying; once the server is back (without starting replication by
+    itself), the guard resumes it, before any other emg-borg command runs."""
     dump = wrapper(tmp_path, SLOW_START.format(seconds=4))
     emg = replicated_emg(tmp_path, mariadb, healthy, before=f'[mysql]\nmysqldump = "{dump}"\nlock_timeout = 20\n\n')
     process = start_before_backup(emg)
@@ -404,6 +435,10 @@ def test_the_replica_killed_while_paused_fails_the_run_and_replicates_again_once
         # The replica could not be told to resume: said so, once, with who will.
         assert lines[1:] == [] or (len(lines) == 2 and "is still stopped" in lines[1]
                                    and "the next after-backup, on-error or before-backup resumes it" in lines[1]), stderr
+        # borgmatic's on-error follows at once, the replica still down: the ledger entry stays.
+        result = emg.emg_borg("on-error", check=False)
+        assert "stopped by an earlier run, could not be resumed" in result.stderr, result.stderr
+        assert paused_entry(emg)
     finally:
         stop_if_running(process)
         if healthy.process is None:
@@ -415,11 +450,11 @@ def test_the_replica_killed_while_paused_fails_the_run_and_replicates_again_once
                     healthy.start()
                 finally:
                     healthy.extra_args = ()
-                assert not replicating(healthy)
-    result = emg.emg_borg("on-error", check=False)
     status = healthy.replica_status()
-    assert wait_replicating(healthy), (result.stderr, {key: status.get(key) for key in (
-        "Slave_IO_Running", "Slave_SQL_Running", "Until_Condition", "Last_IO_Error", "Last_SQL_Error")})
+    assert wait_replicating(healthy, 60), {key: status.get(key) for key in (
+        "Slave_IO_Running", "Slave_SQL_Running", "Until_Condition", "Last_IO_Error", "Last_SQL_Error")}
+    emg.emg_borg("on-error", check=False)  # the entry the guard could not remove
+    assert not (emg.runtime / "ledger.json").exists()
     assert leftovers(emg) == []
 
 
@@ -445,6 +480,40 @@ def test_two_installations_sharing_a_replica_take_turns(tmp_path, mariadb, healt
             assert dump_entry(manifest)["server"] == "replica"
             assert newest_id_in_dump(staged_dump(emg, manifest)) == manifest["message_id"]
             emg.emg_borg("after-backup")
+    assert replicating(healthy)
+    assert leftovers(first) == [] and leftovers(second) == []
+
+
+def test_a_run_waiting_for_a_killed_one_lets_its_guard_resume_and_dumps_on_the_replica(tmp_path, mariadb, healthy):
+    """Two installations sharing the replica: A is SIGKILLed while it has replication paused, and B
+    waits for the replica's lock. B does not take A's pause for a stopped replica (it failed so):
+    it lets A's guard resume replication, then dumps there at its own consistency point."""
+    slow = wrapper(tmp_path, SLOW_START.format(seconds=8))
+    first = replicated_emg(tmp_path / "a", mariadb, healthy, before=f'[mysql]\nmysqldump = "{slow}"\nlock_timeout = 20\n\n')
+    second = replicated_emg(tmp_path / "b", mariadb, healthy, "max_wait = 30\n")
+    a = start_before_backup(first)
+    b = None
+    try:
+        wait_paused(healthy, a)
+        b = start_before_backup(second)
+        deadline = time.monotonic() + 30
+        while not healthy.sql("SELECT ID FROM information_schema.PROCESSLIST WHERE INFO LIKE 'SELECT GET_LOCK%'"):
+            assert b.poll() is None, b.communicate()
+            assert time.monotonic() < deadline, "B never waited for the replica's lock"
+            time.sleep(0.02)
+        a.kill()
+        a.wait()
+        _, b_err = b.communicate(timeout=120)
+    finally:
+        stop_if_running(a)
+        if b is not None:
+            stop_if_running(b)
+    assert b.returncode == 0, b_err
+    manifest = json.loads((second.runtime / "staging" / "emg-borg" / "manifest.json").read_text())
+    assert dump_entry(manifest)["server"] == "replica"
+    assert newest_id_in_dump(staged_dump(second, manifest)) == manifest["message_id"]
+    second.emg_borg("after-backup")
+    first.emg_borg("on-error", check=False)
     assert replicating(healthy)
     assert leftovers(first) == [] and leftovers(second) == []
 
@@ -526,6 +595,39 @@ def test_a_replica_whose_data_differs_from_the_primary_fails_the_run(tmp_path, m
         assert f"gives message id {stray}, the primary gave" in line and "the replica's data differs" in line
     finally:
         healthy.sql(f"SET SESSION sql_log_bin = 0; DELETE FROM routelog WHERE id = {stray}", emg.database)
+    assert replicating(healthy)
+    assert leftovers(emg) == []
+
+
+def test_a_replica_user_with_the_documented_privileges_dumps_there(tmp_path, mariadb, healthy):
+    """A dedicated user on the replica with the privileges the README lists dumps there; without
+    PROCESS (the dump's transaction is seen in information_schema.INNODB_TRX) the preflight names
+    it, before replication is paused, instead of the run failing after the freeze."""
+    password = "replica-" + os.urandom(6).hex()
+    password_file = tmp_path / "replica-password"
+    password_file.write_text(password + "\n")
+    password_file.chmod(0o600)
+    emg = replicated_emg(tmp_path, mariadb, healthy, f'user = "emgreplica"\npassword_file = "{password_file}"\n')
+    # On the replica only (not replicated): the set-up the README describes.
+    healthy.sql("SET SESSION sql_log_bin = 0;"
+                f"CREATE USER 'emgreplica'@'127.0.0.1' IDENTIFIED BY '{password}';"
+                f"GRANT SELECT, SHOW VIEW, TRIGGER, EVENT ON `{emg.database}`.* TO 'emgreplica'@'127.0.0.1';"
+                "GRANT PROCESS, SLAVE MONITOR, REPLICATION SLAVE ADMIN ON *.* TO 'emgreplica'@'127.0.0.1';")
+    try:
+        manifest = before_backup(emg)
+        try:
+            assert dump_entry(manifest)["server"] == "replica"
+            assert dump_entry(manifest)["replica"].startswith("emgreplica@")
+            assert newest_id_in_dump(staged_dump(emg, manifest)) == manifest["message_id"]
+        finally:
+            emg.emg_borg("after-backup")
+        healthy.sql("SET SESSION sql_log_bin = 0; REVOKE PROCESS ON *.* FROM 'emgreplica'@'127.0.0.1';")
+        result = emg.emg_borg("before-backup", check=False)
+        assert result.returncode == 1
+        assert "the user lacks PROCESS" in the_error(result)
+        assert not (emg.runtime / "patterns").exists()
+    finally:
+        healthy.sql("SET SESSION sql_log_bin = 0; DROP USER 'emgreplica'@'127.0.0.1';")
     assert replicating(healthy)
     assert leftovers(emg) == []
 

@@ -38,7 +38,7 @@ def emg_borg_preflight(run):
     except EmgBorgError as error:
         return problems + [str(error)]
     try:
-        if replica_given(run.config):
+        if replica_given(run.config) and "database" in run.categories:  # else no dump is taken there
             problems += replica.decide(run, connection)
         if run.config["mysql"]["lock"] != "none" and not lock.has_reload(connection):
             problems.append(f"{settings.describe()}: the user lacks the RELOAD privilege needed for the global read lock")

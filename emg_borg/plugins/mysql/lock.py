@@ -16,6 +16,7 @@ import re
 import threading
 import time
 
+from emg_borg.core.signals import Interrupted
 from emg_borg.errors import EmgBorgError
 from emg_borg.external import mysql
 from emg_borg.plugins.mysql.settings import NAME, connection_settings, query_one
@@ -106,6 +107,8 @@ def global_read_lock(run):
                 cursor.execute("FLUSH TABLES WITH READ LOCK")
         except Exception as error:  # noqa: BLE001 - PyMySQL errors vary; all mean "no lock"
             waiting.stop()
+            if isinstance(error, Interrupted):
+                raise  # SIGTERM stops the run: not a lock that could not be had
             # ER_LOCK_WAIT_TIMEOUT, or ER_QUERY_INTERRUPTED by our watchdog
             timed_out = waiting.fired.is_set() or getattr(error, "args", (None,))[0] in (1205, 1317)
             reason = f"waited {timeout:g} s" if timed_out else str(error)

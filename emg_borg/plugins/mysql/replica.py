@@ -18,6 +18,7 @@ import contextlib
 import logging
 import time
 
+from emg_borg.core.signals import Interrupted
 from emg_borg.errors import EmgBorgError
 from emg_borg.external import mysql
 from emg_borg.plugins.mysql import replica_guard
@@ -30,6 +31,7 @@ from emg_borg.plugins.mysql.settings import NAME, REPLICA, query_one, replica_se
 logger = logging.getLogger(__name__)
 
 _STOP_SECONDS = 10  # for the replica's threads to stop once it reached the position
+_RETRY_SECONDS = 1  # between looks at a replica another run left paused (its guard resumes it)
 
 
 class ReplicaUnfit(EmgBorgError):
@@ -115,8 +117,8 @@ def prepare(run, primary):
             return _lock_and_catch_up(state, connection, primary, settings, max_wait)
     except EmgBorgError as error:
         release(run)
-        if run.config[REPLICA]["fallback"] != "primary":
-            raise
+        if run.config[REPLICA]["fallback"] != "primary" or isinstance(error, Interrupted):
+            raise  # SIGTERM stops the run: no reason to dump the primary instead
         fall_back(run, str(error))
         return state["settings"]
 
@@ -124,17 +126,38 @@ def prepare(run, primary):
 def _lock_and_catch_up(state, connection, primary, settings, max_wait: float):
     """Hold the replica's named lock (one run at a time pauses it), then wait for it to catch up."""
     state["primary_server_id"] = int(query_one(primary, "SELECT @@server_id")[0])
-    if query_one(connection, "SELECT GET_LOCK(%s, %s)", (replica_guard.LOCK, max_wait))[0] != 1:
-        raise ReplicaUnfit(f"replica {settings.describe()} is paused by another emg-borg run (its lock "
-                           f"{replica_guard.LOCK} was not free within {max_wait:g} s)")
-    # Checked again under the lock: the preflight may have seen it paused by another run, or it
-    # may have changed since.
-    found = problems(connection, primary, settings)
-    if found:
-        raise ReplicaUnfit("; ".join(found))
+    deadline, waited = time.monotonic() + max_wait, False
+    while True:
+        waited = waited or query_one(connection, "SELECT IS_USED_LOCK(%s)", (replica_guard.LOCK,))[0] is not None
+        left = max(0.0, deadline - time.monotonic())
+        if query_one(connection, "SELECT GET_LOCK(%s, %s)", (replica_guard.LOCK, left))[0] != 1:
+            raise ReplicaUnfit(f"replica {settings.describe()} is paused by another emg-borg run (its lock "
+                               f"{replica_guard.LOCK} was not free within {max_wait:g} s)")
+        # Checked again under the lock: the preflight may have seen it paused by another run, or it
+        # may have changed since.
+        found = problems(connection, primary, settings)
+        # The run waited for may have been killed with replication paused: its guard resumes it
+        # within seconds, but needs this lock to do so.
+        paused = waited and _left_paused(slave_status(connection))
+        if not found and not paused:
+            break
+        if not paused or time.monotonic() + _RETRY_SECONDS > deadline:
+            raise ReplicaUnfit("; ".join(found) or f"replication on {settings.describe()} was left running only up "
+                               f"to a position (START SLAVE UNTIL) by another run for {max_wait:g} s")
+        query_one(connection, "SELECT RELEASE_LOCK(%s)", (replica_guard.LOCK,))
+        time.sleep(_RETRY_SECONDS)
     took = catch_up(connection, primary, max_wait, settings.describe())
     logger.info("replica %s caught up with the primary in %.2f s", settings.describe(), took)
     return settings
+
+
+def _left_paused(status: dict) -> bool:
+    """Stopped as a pause leaves it (a thread stopped without an error), running up to a position
+    (`START SLAVE UNTIL`), or just resumed (the IO thread still connecting to the primary)."""
+    if status.get("Last_SQL_Error") or status.get("Last_IO_Error"):
+        return False
+    return bool({"No", "Connecting"} & {status.get("Slave_IO_Running"), status.get("Slave_SQL_Running")}) \
+        or str(status.get("Until_Condition", "None")).lower() != "none"
 
 
 def pause(run) -> None:

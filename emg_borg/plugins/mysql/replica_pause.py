@@ -147,13 +147,12 @@ def _connection_fields(settings, password=False) -> dict:
 
 def resume_left(run) -> None:
     """Resume replication a run stopped and did not resume (its process was killed): from the
-    ledger, with the configured password. Its guard, if still there, is stopped first. A replica
-    that cannot be reached, or that another run holds now, keeps its entry (a warning: the next
-    release tries again); one that is no longer a read-only replica of that primary (promoted) is
-    left alone."""
+    ledger, with the configured password. A replica that cannot be reached, or that another run
+    holds now, keeps its entry (a warning: the next release tries again) and its guard, which
+    goes on trying meanwhile (on-error runs at once, often while the replica is still away); one
+    that is no longer a read-only replica of that primary (promoted) is left alone. Once it is
+    resumed or left alone, the guard, if still there, is stopped."""
     for entry in run.ledger.of(NAME, KIND):
-        if entry.get("guard_pid"):
-            kill_group_if(entry["guard_pid"], entry.get("guard_started"), signal.SIGKILL)
         fields = dict(entry)
         with contextlib.suppress(EmgBorgError):
             layout = run.layout or run.hook.emg_borg_discover_layout(config=run.config)
@@ -169,6 +168,8 @@ def resume_left(run) -> None:
             logger.warning("replication on %s, stopped by an earlier run, is not resumed yet: another emg-borg run "
                            "holds the replica; the next release tries again", server)
             continue
+        if entry.get("guard_pid"):
+            kill_group_if(entry["guard_pid"], entry.get("guard_started"), signal.SIGKILL)
         if outcome == replica_guard.LEFT:
             logger.warning("%s, stopped by an earlier run, is no longer a read-only replica of server id %s "
                            "(promoted?): left as it is", server, entry.get("primary_server_id"))

@@ -84,6 +84,9 @@ def problems(replica, primary, settings) -> list[str]:
     if not has_privilege(replica, {"REPLICATION SLAVE ADMIN", "SUPER"}):
         found.append(f"replica {name}: the user lacks REPLICATION SLAVE ADMIN (or SUPER), needed to stop the "
                      "replica at the consistency point and resume it")
+    if not has_privilege(replica, {"PROCESS"}):
+        found.append(f"replica {name}: the user lacks PROCESS, needed to see the dump's transaction begin there "
+                     "(information_schema.INNODB_TRX)")
     if not gtid_position(primary, "gtid_binlog_pos"):
         found.append("the primary's @@gtid_binlog_pos is empty: no position to stop the replica at")
     return found

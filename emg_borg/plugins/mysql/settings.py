@@ -55,8 +55,8 @@ TABLES = {
         "port": Option(int, None, "The replica's TCP port.", check=tcp_port, example="3306"),
         "socket": Option(str, None, "Connect to the replica through this Unix socket.",
                          example='"/run/mysqld/replica.sock"'),
-        "user": Option(str, None, "User on the replica: needs SELECT, SHOW VIEW, TRIGGER, REPLICA MONITOR and "
-                       "REPLICATION SLAVE ADMIN (or SUPER).", example='"emgbackup"'),
+        "user": Option(str, None, "User on the replica: needs SELECT, SHOW VIEW, TRIGGER, EVENT, PROCESS, REPLICA "
+                       "MONITOR and REPLICATION SLAVE ADMIN (or SUPER).", example='"emgbackup"'),
         "password_file": Option(str, None, "File holding the replica user's password (first line).",
                                 example='"/etc/emg-borg/replica-password"'),
         "max_wait": Option((int, float), MAX_REPLICA_WAIT, "Seconds the replica may take to catch up with the "
