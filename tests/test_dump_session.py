@@ -303,3 +303,24 @@ def test_a_relay_whose_before_backup_is_killed_ends_by_itself(emg, tmp_path, mon
     assert not list(emg.runtime.glob("staging/relay.*"))
     emg.emg_borg("on-error")  # stops the waiting mysqldump
     assert leftovers(emg) == []
+
+
+@pytest.mark.parametrize("staged", [True, False], ids=["staged", "streamed"])
+def test_a_server_that_stops_answering_mid_dump_ends_the_run(staged, emg):
+    """mysqldump has no read timeout of its own: the relay ends a connection that passed no byte
+    either way for [mysql] stall_timeout, so neither before-backup nor borg waits for ever. The
+    server is silent here because each row of the dump's SELECT sleeps (`--where`), as a stopped
+    or hung server (a replica's host SIGSTOPped mid-dump) would be."""
+    emg.write_config(extra='[mysql]\nstall_timeout = 1\ndump_options = ["--where=SLEEP(3) = 0"]\n')
+    result = emg.emg_borg("before-backup", check=False) if staged else emg.borgmatic_create(check=False)
+    assert result.returncode != 0
+    [line] = error_lines(result.stderr)
+    if staged:  # before-backup waits for the dump, and learns from the relay why it ended
+        assert f"mysqldump of {emg.database} stopped: the server " in line, result.stderr
+        assert line.endswith("passed no byte for 1 s ([mysql] stall_timeout)"), result.stderr
+    else:  # the streamer sees mysqldump fail, and stops borg: no archive
+        assert f"mysqldump of {emg.database} failed" in line and "Lost connection" in line, result.stderr
+        assert borg_list(emg.repo) == []
+    emg.emg_borg("on-error")
+    assert leftovers(emg, settle=6) == []  # the server's sleeping session ends at its next row
+    assert relays() == []

@@ -48,7 +48,7 @@ def prepare(run) -> None:
         seconds += float(run.config[REPLICA]["max_wait"])
         settings = replica.prepare(run, connection)
     state["binlog_snapshot"] = state.get("dump_from") != "replica" and has_binlog_snapshot(connection)
-    state["relay"] = Relay(run.runtime.staging, settings, seconds)
+    state["relay"] = Relay(run.runtime.staging, settings, seconds, float(section["stall_timeout"]))
     if state.get("dump_from") == "replica":
         replica.pause(run)
 
@@ -165,6 +165,13 @@ def finish(run) -> Dump | None:
 
     try:
         dump.finish(progress)
+    except CommandError as error:
+        dump.abort()
+        stall = state["relay"].stalled() if "relay" in state else None
+        if stall is None:
+            raise
+        raise CommandError(f"mysqldump of {dump.database} stopped: {dump_server(state)} passed no byte for "
+                           f"{stall:g} s ([mysql] stall_timeout)") from error
     except BaseException:
         dump.abort()
         raise
@@ -177,6 +184,11 @@ def finish(run) -> Dump | None:
     result = Dump.of_file(NAME, dump.database, dump.path, archive_path, format="sql", **details)
     logger.info("dump of %s complete: %d bytes", dump.database, result.bytes)
     return result
+
+
+def dump_server(state) -> str:
+    settings = state.get("replica_settings") if state.get("dump_from") == "replica" else state.get("settings")
+    return f"the server {settings.describe()}" if settings is not None else "the server"
 
 
 def abort(run) -> None:

@@ -72,16 +72,17 @@ class Relay:
     """The relay process seen from before-backup: started (and listening) before the freeze,
     it tells mysqldump's thread id once mysqldump has connected."""
 
-    def __init__(self, staging: Path, settings, seconds: float):
+    def __init__(self, staging: Path, settings, seconds: float, stall: float):
         # A private directory, reached by mysqldump as /proc/self/fd/N/s through a descriptor it
         # inherits: a socket's path must fit 107 bytes, a deep runtime_dir need not.
         self.directory = Path(tempfile.mkdtemp(prefix="relay.", dir=staging))
         self.dir_fd = os.open(self.directory, os.O_PATH | os.O_DIRECTORY)
         read_fd, write_fd = os.pipe()
-        self.lines, self.pending, self.thread_id = read_fd, b"", None
+        self.lines, self.pending, self.thread_id, self.stalled_after = read_fd, b"", None, None
         try:
             self.process = subprocess.Popen(
-                [sys.executable, "-I", relay_process.__file__, relay_target(settings), str(os.getpid()), str(seconds)],
+                [sys.executable, "-I", relay_process.__file__, relay_target(settings), str(os.getpid()), str(seconds),
+                 str(stall)],
                 stdin=subprocess.DEVNULL, stdout=write_fd, stderr=subprocess.DEVNULL, cwd=self.directory,
                 start_new_session=True,
             )
@@ -119,13 +120,24 @@ class Relay:
     def session(self) -> int | None:
         """mysqldump's thread id, once the relay has reported it."""
         while self.thread_id is None and (line := self._read_line()) is not None:
-            kind, _, text = line.partition(" ")
-            if kind == "thread":
-                self.thread_id = int(text)
-                logger.debug("mysqldump's session is thread %d", self.thread_id)
-            elif kind == "error":
-                raise EmgBorgError(f"mysqldump's connection to the server failed: {text}")
+            self._take(line)
         return self.thread_id
+
+    def stalled(self) -> float | None:
+        """The seconds after which the relay ended a connection that had stalled, else None."""
+        while self.stalled_after is None and self.lines >= 0 and (line := self._read_line()) is not None:
+            self._take(line)
+        return self.stalled_after
+
+    def _take(self, line: str) -> None:
+        kind, _, text = line.partition(" ")
+        if kind == "thread":
+            self.thread_id = int(text)
+            logger.debug("mysqldump's session is thread %d", self.thread_id)
+        elif kind == "stalled":
+            self.stalled_after = float(text)
+        elif kind == "error" and self.thread_id is None:
+            raise EmgBorgError(f"mysqldump's connection to the server failed: {text}")
 
     def detach(self) -> None:
         """Leave the relay to mysqldump's connection (a streamed dump outlives before-backup)."""

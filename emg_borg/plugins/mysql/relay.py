@@ -1,6 +1,6 @@
 """mysqldump's one connection, relayed so that emg-borg knows its server thread id.
 
-`python -I relay.py TARGET PARENT SECONDS`, started with its working directory a private (0700)
+`python -I relay.py TARGET PARENT SECONDS STALL`, started with its working directory a private (0700)
 directory and its stdout a pipe to before-backup. It listens on the Unix socket `s` there and
 takes exactly one connection (mysqldump's: the socket is then removed, with its directory),
 connects to the server (`unix:PATH` or `tcp:HOST:PORT`), reads the server's first packet, writes
@@ -13,7 +13,12 @@ performance_schema is off by default and MariaDB's mysqldump has no init command
 greeting is the one place where a connection learns its own id before it sends anything.
 
 It ends with the connection: when either side closes, the other is closed and the relay exits,
-so it dies with mysqldump. Until mysqldump connects it gives up when the process that started it
+so it dies with mysqldump. When no byte has passed either way for STALL seconds, it writes
+`stalled STALL` and exits, closing both sides: mysqldump has no read timeout of its own, so a
+server that stops answering mid-dump (a stopped or hung replica) would hold the backup, and a
+borg reading the dump, for ever. mysqldump never pauses that long by itself: its output is
+drained at its own pace (and a server kept waiting by a blocked client gives up after its
+net_write_timeout). Until mysqldump connects it gives up when the process that started it
 is gone, or after SECONDS. Only the standard library, and it is started by its path: it must not
 wait for the package's imports.
 """
@@ -100,20 +105,23 @@ def greeting(server: socket.socket) -> tuple[bytes, str]:
     return header + payload, f"error an unknown greeting from the server (first byte {payload[:1].hex()})"
 
 
-def pump(source: socket.socket, destination: socket.socket) -> None:
-    """Copy until `source` ends, then pass the end on. A broken side ends the whole relay."""
+def pump(source: socket.socket, destination: socket.socket, moved: list[float]) -> None:
+    """Copy until `source` ends, then pass the end on; `moved[0]` is when bytes last passed. A
+    broken side ends the whole relay."""
     buffer = bytearray(BUFFER)
     view = memoryview(buffer)
     try:
         while size := source.recv_into(buffer):
+            moved[0] = time.monotonic()
             destination.sendall(view[:size])
+            moved[0] = time.monotonic()
         destination.shutdown(socket.SHUT_WR)
     except OSError:
         os._exit(0)  # closes both sockets: mysqldump or the server sees the end at once
 
 
 def main(argv: list[str]) -> int:
-    target, parent, seconds = argv[1], int(argv[2]), float(argv[3])
+    target, parent, seconds, stall = argv[1], int(argv[2]), float(argv[3]), float(argv[4])
     client = accept_one(parent, seconds)
     if client is None:
         return 1
@@ -128,10 +136,16 @@ def main(argv: list[str]) -> int:
         client.sendall(first)
     except OSError:
         return 1
-    upstream = threading.Thread(target=pump, args=(client, server), daemon=True)
-    upstream.start()
-    pump(server, client)
-    upstream.join()
+    moved = [time.monotonic()]
+    pumps = [threading.Thread(target=pump, args=ends + (moved,), daemon=True)
+             for ends in ((client, server), (server, client))]
+    for thread in pumps:
+        thread.start()
+    while any(thread.is_alive() for thread in pumps):
+        pumps[1].join(min(1.0, stall / 4))
+        if time.monotonic() - moved[0] > stall:
+            report(f"stalled {stall:g}")
+            os._exit(3)  # closes both sockets: mysqldump fails at once ("Lost connection")
     return 0
 
 

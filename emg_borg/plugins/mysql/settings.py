@@ -13,6 +13,7 @@ DEFAULT_QUERY = "SELECT MAX(id) FROM routelog"
 # A freeze takes 20-70 ms here and under a second even on a busy Btrfs; 5 s is far above that,
 # yet below the time an SMSC or an application waits for EMG's answer before it gives up.
 MAX_FREEZE = 5
+STALL_TIMEOUT = 300  # over the server's own net_write_timeout (60 s): it gives up on a stuck client first
 # A replica that has not applied the primary's last minute within another minute is lagging far
 # more than a healthy one (usually well under a second) and would keep the run waiting.
 MAX_REPLICA_WAIT = 60
@@ -45,6 +46,9 @@ TABLES = {
                              "them the lock is released at once and the run fails. The server also ends the lock "
                              "by itself (the session's wait_timeout) if emg-borg is stopped or killed.",
                              check=positive),
+        "stall_timeout": Option((int, float), STALL_TIMEOUT, "Seconds mysqldump's connection may pass no byte "
+                                "either way: past them the dump is stopped and the run fails (a server that stops "
+                                "answering mid-dump must not hold the backup, or borg, for ever).", check=positive),
         "mysqldump": Option(str, "mysqldump", "mysqldump command."),
         "mysql": Option(str, "mysql", "mysql client command (used to load dumps at restore)."),
     },
