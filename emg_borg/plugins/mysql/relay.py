@@ -141,9 +141,9 @@ def main(argv: list[str]) -> int:
              for ends in ((client, server), (server, client))]
     for thread in pumps:
         thread.start()
-    while any(thread.is_alive() for thread in pumps):
-        pumps[1].join(min(1.0, stall / 4))
-        if time.monotonic() - moved[0] > stall:
+    while alive := [thread for thread in pumps if thread.is_alive()]:
+        alive[0].join(min(1.0, stall / 4))
+        if alive[0].is_alive() and time.monotonic() - moved[0] > stall:
             report(f"stalled {stall:g}")
             os._exit(3)  # closes both sockets: mysqldump fails at once ("Lost connection")
     return 0
