@@ -151,12 +151,12 @@ def from_archive(emg: Emg, archive: str) -> tuple[dict, bytes]:
 
 @pytest.mark.slow
 def test_other_sessions_of_the_dump_user_never_end_the_freeze(emg, mariadb, tmp_path):
-    """8 consistency points (2 borgmatic backups with a streamed dump, 6 hook cycles with a
+    """6 consistency points (2 borgmatic backups with a streamed dump, 4 hook cycles with a
     staged one) under a busy writer, while sessions of the dump's user keep running `SHOW
     TABLES`, mysqldump's own `SELECT /*!40001 SQL_NO_CACHE */` and open transactions: every
     dump's newest id is the message id read in the freeze, and the manifest names the dump's own
     session, which the server's log shows ran the dump."""
-    kinds = "bhhh" * 2
+    kinds = "bhh" * 2
     # Traffic enough that counting it takes a while, as a portal's report would: a session of the
     # dump's user stays visible with `SELECT /*!40001 SQL_NO_CACHE */ COUNT(*)` for some ms.
     mariadb.sql("INSERT INTO routelog (id, connector, sender, recipient, status) SELECT 10000 + seq, 'old', '1', '2', 0 "

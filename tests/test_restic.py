@@ -265,7 +265,7 @@ def test_btrfs_snapshot_under_write_load_restores_the_dumps_counter(tmp_path, ma
     writer = subprocess.Popen([sys.executable, "-c", WRITER, emg.mariadb.socket, emg.database, str(counter)])
     try:
         time.sleep(0.3)
-        for _ in range(3):
+        for _ in range(2):
             backup(emg)
             assert writer.poll() is None, "the writer died"
     finally:

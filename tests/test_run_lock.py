@@ -22,7 +22,7 @@ from test_hooks import install_entry_point
 
 pytestmark = pytest.mark.e2e
 
-ROUNDS = 20  # races of two before-backups on a free lock
+ROUNDS = 14  # races of two before-backups on a free lock
 STALE_ROUNDS = 6  # races on the lock and ledger a SIGKILLed run left
 
 # A snapshot provider that records every resource it creates and every release it is asked for,
