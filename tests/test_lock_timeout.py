@@ -14,6 +14,9 @@ import pymysql
 import pytest
 
 from conftest import claimed_binlog, leftovers
+from emg_borg.external import mysql
+from emg_borg.plugins.mysql import lock
+from emg_borg.plugins.mysql.settings import NAME
 
 pytestmark = pytest.mark.e2e
 
@@ -146,3 +149,108 @@ def test_sigterm_while_waiting_for_the_lock_stops_a_best_effort_run(emg, mariadb
     assert "going on unlocked" not in stderr
     assert not (emg.runtime / "patterns").exists()
     assert leftovers(emg) == []
+
+
+class LockRun:
+    """What `lock.global_read_lock` reads of a run, with the session on the test's server."""
+
+    def __init__(self, mariadb, database, lock_timeout, mode="required"):
+        self.config = {"mysql": {"lock": mode, "lock_timeout": lock_timeout, "max_freeze": 5}}
+        settings = mysql.Connection(None, None, mariadb.socket, "root", database)
+        self.plugin_state = {NAME: {"settings": settings, "connection": mysql.connect(settings)}}
+        self.lock_state, self.freeze_deadline, self.freeze_window_ms = "not used", None, None
+        self.step, self.warnings = "taking the consistency point", []
+
+    def state(self, plugin):
+        return self.plugin_state.setdefault(plugin, {})
+
+    def query(self, statement):
+        with self.state(NAME)["connection"].cursor() as cursor:
+            cursor.execute(statement)
+            return cursor.fetchall()
+
+
+def flush_waiting(mariadb) -> bool:
+    return "FLUSH" in mariadb.sql("SELECT INFO FROM information_schema.PROCESSLIST "
+                                  "WHERE INFO LIKE 'FLUSH TABLES WITH READ LOCK%'")
+
+
+def watchdog_connects_late(monkeypatch, before):
+    """The watchdog's KILL comes late, after `before()` (as on a loaded server, where its own
+    connection takes a while)."""
+    connect = mysql.connect
+
+    def late(*args, **kwargs):
+        if threading.current_thread().name.startswith("emg-borg kill"):
+            before()
+        return connect(*args, **kwargs)
+
+    monkeypatch.setattr(mysql, "connect", late)
+
+
+def wait_until(condition, what):
+    deadline = time.monotonic() + 20
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.02)
+
+
+def test_a_lock_had_as_the_watchdog_fires_counts_in_the_freeze_from_the_lock(emg, mariadb, monkeypatch):
+    """The long query ends just as the watchdog fires: the FLUSH gets the lock while the
+    watchdog's KILL QUERY is on its way, and stopping the watchdog waits for that KILL (which
+    finds the session idle: MariaDB ignores it). The lock is held all that time: the freeze
+    counts from the lock, not from when the watchdog was stopped (and max_freeze with it)."""
+    blocker = LongQuery(mariadb, emg.database)
+
+    def lock_had_meanwhile():
+        blocker.stop()
+        wait_until(lambda: not flush_waiting(mariadb), "FLUSH still waits")
+        time.sleep(0.5)
+
+    watchdog_connects_late(monkeypatch, lock_had_meanwhile)
+    run = LockRun(mariadb, emg.database, 1.2)  # the server's own lock_wait_timeout: 2 s
+    try:
+        with lock.global_read_lock(run):
+            assert run.lock_state == "held"
+            assert run.state(NAME)["binlog"] is not None
+            assert run.query("SELECT 1") == ((1,),)
+    finally:
+        blocker.stop()
+        lock.close(run)
+    assert run.freeze_window_ms >= 500
+
+
+def test_no_watchdog_outlives_an_interrupted_wait_for_the_lock(monkeypatch):
+    """SIGINT (KeyboardInterrupt) while the FLUSH waits: its watchdog is stopped, and never
+    sends a KILL later (nor runs inside PyMySQL while the interpreter exits)."""
+
+    class Interrupting:
+        def thread_id(self):
+            return 1
+
+        def cursor(self):
+            return self
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def execute(self, statement, args=None):
+            if statement.startswith("FLUSH"):
+                raise KeyboardInterrupt
+
+        def close(self):
+            pass
+
+    run = LockRun.__new__(LockRun)
+    run.config = {"mysql": {"lock": "required", "lock_timeout": 30, "max_freeze": 5}}
+    run.plugin_state = {NAME: {"settings": mysql.Connection(None, None, "/nonexistent.sock", "root", "emg"),
+                               "connection": Interrupting()}}
+    kills = []
+    monkeypatch.setattr(mysql, "connect", lambda *args, **kwargs: kills.append(args))
+    with pytest.raises(KeyboardInterrupt):
+        with lock.global_read_lock(run):
+            pass
+    assert not [t for t in threading.enumerate() if t.name.startswith("emg-borg kill")] and kills == []

@@ -5,13 +5,16 @@ cached; how the node choice of the command line is checked."""
 
 from __future__ import annotations
 
+import datetime
 import json
+from pathlib import Path
 
 import pytest
 
 from conftest import borg, borg_create_from
+from emg_borg.core.manifest import Manifest
 from emg_borg.errors import UsageError
-from emg_borg.lifecycle import archives, manifest_cache, nodes
+from emg_borg.lifecycle import archives, catalog, manifest_cache, nodes
 from emg_borg.lifecycle.repository import archive_glob, borgmatic_repositories, borgmatic_repository, resolve_repository
 
 CONFIG = """
@@ -114,3 +117,51 @@ def test_a_run_s_archive_is_named_in_every_repository_of_the_configuration(tmp_p
     assert second == f"archive {repositories[1]}::archive-1 (emg-borg run run-1, started T)"
     assert gone.startswith(f"the archive of run run-1 in {tmp_path / 'gone.borg'} (the archive could not be looked up: ")
     assert archives.name_run_archive("run-1's", "run-1", "T", "second", str(config)) == second
+
+
+class ListedArchives:
+    """A catalog of archives already read (newest first), as `nodes.choose` walks one."""
+
+    repository = "/var/backups/emg.borg"
+
+    def __init__(self, *archives):
+        self.listed = list(archives)
+
+    def walk(self, entries):
+        return iter(entries)
+
+    def archives(self, entries):
+        return list(entries)
+
+
+def archive_of(name: str, server_cfg: str | None) -> catalog.Archive:
+    data = {"hostname": "gw1", "node_id": None, "message_id": 1}
+    if server_cfg is not None:
+        data["server_cfg"] = server_cfg
+    return catalog.Archive(name, datetime.datetime(2026, 12, 1), Manifest(data))
+
+
+def test_latest_never_skips_newer_archives_of_an_installation_not_on_this_machine(tmp_path):
+    """EMGDIR moved from /etc/emg to another place months ago; the machine is rebuilt under its
+    name, a fresh EMG package puts a sample server.cfg in /etc/emg, and emg-borg runs with its
+    defaults: the archives of /etc/emg (older) must not be taken for this node's latest while
+    the newer ones, of a server.cfg that is not on this machine yet, are there."""
+    here = tmp_path / "etc-emg" / "server.cfg"
+    here.parent.mkdir()
+    here.write_text("SPOOLDIR=/var/spool/emg\n")
+    moved = str(tmp_path / "home-emg-etc" / "server.cfg")  # not restored yet
+    newest, old, format_1 = archive_of("new", moved), archive_of("old", str(here)), archive_of("older", None)
+    choice = nodes.NodeChoice(local=nodes.Node("gw1", None), server_cfg=str(here))
+    for entries in ([newest, old], [newest, format_1]):
+        with pytest.raises(UsageError) as refused:
+            nodes.choose(ListedArchives(), entries, choice)
+        assert f"newest archive of this node (gw1) in /var/backups/emg.borg, new, is of the EMG installation {moved}, " \
+               f"which is not on this machine" in str(refused.value)
+        assert str(refused.value).endswith(f"({here}) newest is {entries[1].name}: choose with --archive")
+    # Another installation of this machine (a test EMGDIR beside production) made the newer one:
+    # this installation's latest is its own, as before.
+    Path(moved).parent.mkdir()
+    Path(moved).write_text("SPOOLDIR=/var/spool/emg-test\n")
+    assert nodes.choose(ListedArchives(), [newest, old], choice) is old
+    # Nothing newer of another installation: the newest archive of this one, as before.
+    assert nodes.choose(ListedArchives(), [old, newest], choice) is old

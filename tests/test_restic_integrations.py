@@ -147,21 +147,27 @@ def test_the_resticprofile_profile_and_the_autorestic_location_release_their_run
     assert ok and all(p.returncode == 0 and CHECKED in p.stderr for p in after), [p.stderr for p in after]
     released_and_listed(emg, 1)
 
-    # autorestic: `from` is passed to restic as a path, options.backup as flags, and its own
-    # location tag; before, then success or failure hooks. The backend gives the repository.
+    # autorestic (1.8, internal/location.go Backup): the prevalidate hooks; then the location is
+    # validated (every `from` must exist: os.Stat); the before hooks; restic, with options.backup
+    # as flags, its own location tag and `from` as paths; then success or failure hooks. The
+    # backend gives restic the repository; the hooks get autorestic's own environment.
     config = YAML(typ="safe").load(localize(readme_block("**autorestic**")))
     assert config["version"] == 2
     location = config["locations"]["emg"]
     env = {**base_env, "RESTIC_REPOSITORY": os.environ["RESTIC_REPOSITORY"],
            "RESTIC_PASSWORD_FILE": os.environ["RESTIC_PASSWORD_FILE"]}
-    argv = ["restic", "backup", "--tag", "ar:location:emg"]
+    paths = [location["from"]] if isinstance(location["from"], str) else location["from"]
+    argv = ["restic", "backup"]
     for key, values in location["options"]["backup"].items():
         for value in values:
             argv += [f"--{key}", value]
-    argv += [location["from"]] if isinstance(location["from"], str) else location["from"]
-    ok = (all(sh(command, env).returncode == 0 for command in location["hooks"]["before"])
+    argv += ["--tag", "ar:location:emg", *paths]
+    hooks = location["hooks"]
+    ok = (all(sh(command, env).returncode == 0 for command in hooks.get("prevalidate", []))
+          and all(os.path.exists(path) for path in paths)
+          and all(sh(command, env).returncode == 0 for command in hooks.get("before", []))
           and run_argv(argv, env).returncode == 0)
-    after = [sh(command, env) for command in location["hooks"]["success" if ok else "failure"]]
+    after = [sh(command, env) for command in hooks["success" if ok else "failure"]]
     assert ok and all(p.returncode == 0 and CHECKED in p.stderr for p in after), [p.stderr for p in after]
     released_and_listed(emg, 2)
     newest = snapshots()[-1]

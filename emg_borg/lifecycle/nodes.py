@@ -112,9 +112,19 @@ def choose(catalog: Catalog, entries, choice: NodeChoice) -> Archive | None:
     """The newest emg-borg archive among `entries` (newest first) of the chosen node; None when
     there is no emg-borg archive among them at all."""
     entries = list(entries)
+    newer = None  # the newest archive of this node that another installation made, if newer
     for archive in catalog.walk(entries):
         if choice.matches(archive.manifest):
+            if newer is not None and not os.path.exists(newer.manifest.get("server_cfg")):
+                # Not an installation of this machine: EMGDIR moved, or this machine is a new one
+                # whose default configuration names another server.cfg (a fresh EMG package's).
+                raise UsageError(
+                    f"the newest archive of {choice.describe()} in {catalog.repository}, {newer.name}, is of the EMG "
+                    f"installation {newer.manifest.get('server_cfg')}, which is not on this machine; this one's "
+                    f"({choice.server_cfg}) newest is {archive.name}: choose with --archive")
             return archive
+        if newer is None and choice.local is not None and not choice.explicit and choice.of_this_node(archive.manifest):
+            newer = archive
     if choice.any_node:
         return None
     found = catalog.archives(entries)

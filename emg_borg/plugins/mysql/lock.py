@@ -121,12 +121,17 @@ def global_read_lock(run):
                 f"cannot take a global read lock on {settings.describe()} ({reason}); long-running queries may be "
                 f"in the way. Set [mysql] lock = \"best-effort\" to go on without it"
             )
-        waiting.stop()
+        except BaseException:  # SIGINT (KeyboardInterrupt): no watchdog is left to fire later
+            waiting.stop()
+            raise
+        # Held from here, while the watchdog is stopped too (it may be sending its KILL right now).
         acquired = time.monotonic()
+        waiting.stop()
         run.lock_state = "held"
         run.freeze_deadline = acquired + max_freeze
         # At max_freeze the session is killed from outside, whatever this process is doing.
-        holding = Watchdog(settings, connection.thread_id(), max_freeze, "CONNECTION")
+        holding = Watchdog(settings, connection.thread_id(), max(0.0, run.freeze_deadline - time.monotonic()),
+                           "CONNECTION")
         try:
             # Under the lock the binlog position cannot move: it is the dump's position too.
             # Unlocked it would describe neither the dump nor the snapshot, so it is not recorded.
