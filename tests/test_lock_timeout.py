@@ -23,12 +23,10 @@ pytestmark = pytest.mark.e2e
 LONG = 60  # seconds the blocking query would run; the test kills it once it has served
 
 # 1.5, not 1: emg-borg also sets the server's lock_wait_timeout, to the timeout rounded up (2 s),
-# so its own watchdog (1.5 s) always ends the wait. With 1 both fire at the same moment, and a
-# watchdog KILL QUERY arriving after the server's timeout interrupts emg-borg's next query
-# ("Query execution was interrupted": an emg-borg race, about 1 run in 30). A second emg-borg
-# race remains: the watchdog notes that it killed the FLUSH only after KILL QUERY returns, so
-# on a loaded machine the error can name the raw 1317 instead of "waited 1.5 s", and
-# test_required_lock_times_out_cleanly fails.
+# so its own watchdog (1.5 s) always ends the wait and the message is the watchdog's ("waited
+# 1.5 s"). The two races an earlier watchdog had (a KILL QUERY landing in emg-borg's next
+# statement; the kill noted only after KILL returned) are gone: lock.Watchdog marks itself fired
+# before it sends the KILL, and stop() waits for the KILL to finish.
 TIMEOUT = "1.5"
 
 
