@@ -207,7 +207,8 @@ def test_backup_verify_restore_and_doctor(version, installation, mariadb, tmp_pa
     assert leftovers(emg) == []
 
 
-@pytest.mark.parametrize("version", VERSIONS)
+# One version of each behaviour (exit 143 an error: 1.7, 1.8; a warning: 1.9, 2.0): the suite's time.
+@pytest.mark.parametrize("version", ("1.7.7", "2.0.13"))
 def test_a_failing_mysqldump_fails_the_run_with_one_line_and_leaves_nothing(version, installation, mariadb, tmp_path,
                                                                             monkeypatch):
     emg, config = installation
