@@ -23,6 +23,7 @@ import pytest
 from conftest import TEST_MARK, Emg, borg_cat, borg_list, dump_path, leftovers
 from emg_borg.demo.mariadb import MariaDB
 from emg_borg.demo.sample import DB_PASSWORD, DB_USER, load_schema
+from emg_borg.plugins.mysql.replica_guard import LOCK as REPLICA_LOCK
 
 pytestmark = [pytest.mark.e2e]
 
@@ -375,6 +376,39 @@ def test_emg_borg_killed_while_replication_is_paused(tmp_path, mariadb, healthy,
         assert not (emg.runtime / "ledger.json").exists()
     finally:
         stop_if_running(process)
+    assert leftovers(emg) == []
+
+
+def test_a_lost_held_session_resumes_replication_only_through_the_replica_s_lock(tmp_path, mariadb, healthy):
+    """The run's held session on the replica is lost while replication is paused (a network cut,
+    a KILL): the replica's lock goes with it, and another run may hold it by then, its own pause
+    under way. The failing run must not START SLAVE under that run: it resumes as the guard does,
+    through the lock (busy here, so it is left to the guard, which resumes once the lock is free)."""
+    import pymysql
+
+    dump = wrapper(tmp_path, SLOW_START.format(seconds=8))
+    emg = replicated_emg(tmp_path, mariadb, healthy, before=f'[mysql]\nmysqldump = "{dump}"\nlock_timeout = 20\n\n')
+    process = start_before_backup(emg)
+    other = pymysql.connect(unix_socket=healthy.socket, user="root", autocommit=True)  # "another run"
+    try:
+        wait_paused(healthy, process)
+        with other.cursor() as cursor:
+            cursor.execute(f"KILL CONNECTION {int(paused_entry(emg)['holder'])}")
+            cursor.execute("SELECT GET_LOCK(%s, 10)", (REPLICA_LOCK,))
+            assert cursor.fetchone()[0] == 1
+        _, stderr = process.communicate(timeout=120)
+        assert process.returncode == 1
+        assert "is still stopped (another run holds the replica's lock); the guard keeps trying" in stderr, stderr
+        time.sleep(1)
+        assert healthy.replica_status()["Slave_SQL_Running"] == "No"  # not started under the other run
+        with other.cursor() as cursor:
+            cursor.execute("SELECT RELEASE_LOCK(%s)", (REPLICA_LOCK,))
+        assert wait_replicating(healthy, 30), healthy.replica_status()  # the guard resumed it
+    finally:
+        other.close()
+        stop_if_running(process)
+    emg.emg_borg("on-error", check=False)
+    assert replicating(healthy) and not (emg.runtime / "ledger.json").exists()
     assert leftovers(emg) == []
 
 

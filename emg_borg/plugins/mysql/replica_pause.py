@@ -20,7 +20,6 @@ import time
 
 from emg_borg.core.proc import kill_group_if, start_time
 from emg_borg.errors import EmgBorgError
-from emg_borg.external import mysql
 from emg_borg.plugins.mysql import replica_guard
 from emg_borg.plugins.mysql.replica_state import error_text, slave_status, talking_to
 from emg_borg.plugins.mysql.settings import NAME, REPLICA, replica_settings
@@ -28,6 +27,7 @@ from emg_borg.plugins.mysql.settings import NAME, REPLICA, replica_settings
 logger = logging.getLogger(__name__)
 
 KIND = "replica-paused"
+FACTS = ("holder", "server_started", "primary_server_id")  # what identifies a run's pause
 _GUARD_START_SECONDS = 10
 GUARD_MARGIN = 10  # seconds past the longest the pause can last, before the guard takes over
 
@@ -39,7 +39,6 @@ class Pause:
     def __init__(self, run, connection, settings):
         self.run, self.connection, self.settings = run, connection, settings
         self.entry = self.guard = self.stopped = None
-        self.read_timeout = float(run.config[REPLICA]["max_wait"]) + 10  # as the held connection's
         with talking_to(settings.describe(), "recording the pause"), connection.cursor() as cursor:
             # What the guard and a later release need to resume only what this run paused.
             facts = {"holder": connection.thread_id(), "server_started": replica_guard.server_started(cursor),
@@ -66,19 +65,24 @@ class Pause:
         name = self.settings.describe()
         try:
             resume(self.connection, name)
-        except Exception:  # noqa: BLE001 - the held connection may be lost: try a new one
+        except Exception:  # noqa: BLE001 - the held connection may be lost: resume as the guard does
+            # Not a bare START SLAVE on a new connection: with the held session gone, so is the
+            # replica's lock, and another run may hold it now, its own pause under way. The
+            # guard's way takes the lock first (BUSY while another run holds it).
             try:
                 with talking_to(name, "resuming its replication"):
-                    fresh = mysql.connect(self.settings, connect_timeout=5, read_timeout=self.read_timeout)
-                    try:
-                        resume(fresh, name)
-                    finally:
-                        fresh.close()
-            except EmgBorgError as error:
+                    outcome = replica_guard.resume({**_connection_fields(self.settings, password=True),
+                                                    **{k: self.entry[k] for k in FACTS}})
+            except (EmgBorgError, OSError) as error:  # talking_to names PyMySQL's errors
+                outcome = str(error)
+            if outcome == replica_guard.LEFT:
+                logger.warning("%s is no longer a read-only replica of the primary (promoted?): left as it is", name)
+            elif outcome != replica_guard.RESUMED:
                 if self.guard is not None:
                     with contextlib.suppress(OSError, ValueError):
                         self.guard.stdin.close()  # without "resumed": the guard takes over
-                raise EmgBorgError(f"replication on {name} is still stopped ({error}); the guard keeps trying, and "
+                why = "another run holds the replica's lock" if outcome == replica_guard.BUSY else outcome
+                raise EmgBorgError(f"replication on {name} is still stopped ({why}); the guard keeps trying, and "
                                    "the next after-backup, on-error or before-backup resumes it") from None
         if self.stopped is not None:
             self.run.state(NAME)["replication_paused_ms"] = round((time.monotonic() - self.stopped) * 1000, 1)
